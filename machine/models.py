@@ -1,0 +1,491 @@
+"""Machine, NetworkInterface, Binary and Process: the rows that describe this host and its work.
+
+The module-level `_CURRENT_*` slots are process-local caches that tests reset by assignment; they
+are read and written only by the small `_cache_*` helpers and the `current()` classmethods below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil  # noqa: F401  (part of the contract: tests patch machine.models.psutil)
+from django.db import models, transaction
+from django.utils import timezone
+from uuid6 import uuid7
+
+from base_models.models import ModelWithHealthStats
+from machine.choices import BinaryStatus, ProcessStatus, ProcessType
+from machine.conf import machine_settings
+from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
+from workers.models import ModelWithStateMachine
+
+_CURRENT_MACHINE: Machine | None = None
+_CURRENT_INTERFACE: NetworkInterface | None = None
+_CURRENT_BINARIES: dict[str, Binary] = {}
+_CURRENT_PROCESS: Process | None = None
+
+MACHINE_RECHECK_INTERVAL = 7 * 24 * 60 * 60
+NETWORK_INTERFACE_RECHECK_INTERVAL = 1 * 60 * 60
+BINARY_RECHECK_INTERVAL = 30 * 60
+PROCESS_RECHECK_INTERVAL = 60
+PID_REUSE_WINDOW = timedelta(hours=24)
+PROCESS_TIMEOUT_GRACE = timedelta(seconds=30)
+START_TIME_TOLERANCE = 5.0
+
+#: Non-`*_BINARY` keys a machine's config may keep: caches derived from installs, not user input.
+MACHINE_CONFIG_ALLOWED_KEYS = frozenset({"ABX_INSTALL_CACHE", "LIB_DIR", "LIB_BIN_DIR"})
+JSON_SCHEMA_VERSION = "0.9.0"
+
+
+def _is_fresh(row: models.Model | None, interval_seconds: float) -> bool:
+    """True when `row` is a saved row whose modified_at is younger than the interval."""
+    if row is None or row.pk is None or row.modified_at is None:
+        return False
+    return timezone.now() - row.modified_at < timedelta(seconds=interval_seconds)
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "~", "./", "../")) or os.sep in value
+
+
+def _sanitize_machine_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Keep only `*_BINARY` and allow-listed keys, without blank values or paths missing on disk."""
+    if not isinstance(config, dict):
+        return {}
+    clean: dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str):
+            continue
+        if not (key.endswith("_BINARY") or key in MACHINE_CONFIG_ALLOWED_KEYS):
+            continue
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, (dict, list)) and not value:
+            continue
+        if isinstance(value, str):
+            value = value.strip()
+            if _looks_like_path(value) and not Path(value).expanduser().exists():
+                continue
+        clean[key] = value
+    return clean
+
+
+def _plugin_declared_binary_keys(hook_path: str) -> list[str]:
+    """`*_BINARY` keys declared in the plugin's config.json (beside the hook), in file order."""
+    if not hook_path:
+        return []
+    config_file = Path(hook_path).parent / "config.json"
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return []
+    properties = data.get("properties", data) if isinstance(data, dict) else {}
+    return [key for key in properties if isinstance(key, str) and key.endswith("_BINARY")]
+
+
+def _get_process_binary_env_keys(plugin_name: str, hook_path: str, env: dict[str, Any] | None) -> list[str]:
+    """Env keys that name the binary a hook uses, most specific first, only those set in `env`."""
+    env = env or {}
+    candidates: list[str] = []
+    if plugin_name:
+        candidates.append(f"{plugin_name.upper().replace('-', '_')}_BINARY")
+    candidates.extend(_plugin_declared_binary_keys(hook_path))
+    if str(hook_path).endswith(".js"):
+        candidates.append("NODE_BINARY")
+    keys: list[str] = []
+    for key in candidates:
+        value = env.get(key)
+        if key not in keys and value not in (None, "") and str(value).strip():
+            keys.append(key)
+    return keys
+
+
+def _find_existing_binary_for_reference(machine: Machine, reference: str) -> Binary | None:
+    """Newest Binary of `machine` whose abspath is `reference`, else whose name is its basename or itself."""
+    reference = (reference or "").strip()
+    if not reference:
+        return None
+    rows = Binary.objects.filter(machine=machine).order_by("-modified_at", "-created_at")
+    basename = os.path.basename(reference.rstrip("/"))
+    for lookup in ({"abspath": reference}, {"name": basename}, {"name": reference}):
+        if lookup.get("name") == "":
+            continue
+        found = rows.filter(**lookup).first()
+        if found is not None:
+            return found
+    return None
+
+
+class MachineManager(models.Manager):
+    def current(self) -> Machine:
+        return Machine.current()
+
+
+class Machine(ModelWithHealthStats):
+    """One host running this app: its identity, hardware/OS facts, health stats and config."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    guid = models.CharField(max_length=64, unique=True, editable=False)
+    hostname = models.CharField(max_length=63, default="")
+    hw_in_docker = models.BooleanField(default=False)
+    hw_in_vm = models.BooleanField(default=False)
+    hw_manufacturer = models.CharField(max_length=63, default="", blank=True)
+    hw_product = models.CharField(max_length=63, default="", blank=True)
+    hw_uuid = models.CharField(max_length=255, default="", blank=True)
+    os_arch = models.CharField(max_length=15, default="")
+    os_family = models.CharField(max_length=15, default="")
+    os_platform = models.CharField(max_length=63, default="")
+    os_release = models.CharField(max_length=63, default="")
+    os_kernel = models.CharField(max_length=255, default="")
+    stats = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True, help_text="Per-machine overrides, e.g. WGET_BINARY.")
+
+    objects = MachineManager()
+
+    class Meta:
+        verbose_name = "Machine"
+        verbose_name_plural = "Machines"
+
+    def __str__(self) -> str:
+        return f"{self.hostname or 'machine'} ({self.guid[:8]})"
+
+    @staticmethod
+    def _detected_fields() -> dict[str, Any]:
+        facts = {**get_os_info(), **get_vm_info()}
+        fields = {f.name: f for f in Machine._meta.concrete_fields}
+        detected: dict[str, Any] = {}
+        for name, value in facts.items():
+            field = fields.get(name)
+            if field is None:
+                continue
+            if isinstance(field, models.CharField) and value is not None:
+                value = str(value)[: field.max_length]
+            detected[name] = value
+        detected["stats"] = get_host_stats()
+        return detected
+
+    @classmethod
+    def current(cls) -> Machine:
+        """This host's row: cached while younger than MACHINE_RECHECK_INTERVAL, else re-detected."""
+        global _CURRENT_MACHINE
+        cached = _CURRENT_MACHINE
+        override = machine_settings.guid_override
+        if _is_fresh(cached, MACHINE_RECHECK_INTERVAL) and (not override or cached.guid == override):
+            return cached
+        guid = override or get_host_guid()
+        machine = cls.objects.filter(guid=guid).first()
+        if machine is None:
+            machine, _created = cls.objects.get_or_create(guid=guid, defaults=cls._detected_fields())
+        elif not _is_fresh(machine, MACHINE_RECHECK_INTERVAL):
+            for name, value in cls._detected_fields().items():
+                setattr(machine, name, value)
+            machine.save()
+        _CURRENT_MACHINE = cls._sanitize_config(machine)
+        return _CURRENT_MACHINE
+
+    @classmethod
+    def _sanitize_config(cls, machine: Machine) -> Machine:
+        """Persist the sanitized config when sanitizing changed it."""
+        clean = _sanitize_machine_config(machine.config)
+        if clean != machine.config:
+            machine.config = clean
+            cls.objects.filter(pk=machine.pk).update(config=clean)
+        return machine
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "Machine",
+            "schema_version": JSON_SCHEMA_VERSION,
+            "id": str(self.id),
+            "guid": self.guid,
+            "hostname": self.hostname,
+            "hw_in_docker": self.hw_in_docker,
+            "hw_in_vm": self.hw_in_vm,
+            "hw_manufacturer": self.hw_manufacturer,
+            "hw_product": self.hw_product,
+            "hw_uuid": self.hw_uuid,
+            "os_arch": self.os_arch,
+            "os_family": self.os_family,
+            "os_platform": self.os_platform,
+            "os_release": self.os_release,
+            "os_kernel": self.os_kernel,
+            "stats": self.stats,
+            "config": self.config,
+            "num_uses_succeeded": self.num_uses_succeeded,
+            "num_uses_failed": self.num_uses_failed,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "modified_at": self.modified_at.isoformat() if self.modified_at else None,
+        }
+
+    @staticmethod
+    def from_json(record: dict[str, Any], overrides: dict[str, Any] | None = None) -> Machine | None:
+        """Merge `record["config"]` (sanitized) into this host's config; None when there is none."""
+        if not isinstance(record, dict):
+            return None
+        config = record.get("config")
+        if not isinstance(config, dict):
+            return None
+        machine = Machine.current()
+        with transaction.atomic():
+            locked = Machine.objects.select_for_update().get(pk=machine.pk)
+            merged = _sanitize_machine_config({**(locked.config or {}), **config})
+            Machine.objects.filter(pk=machine.pk).update(config=merged, modified_at=timezone.now())
+        machine.config = merged
+        return machine
+
+
+class NetworkInterfaceManager(models.Manager):
+    def current(self, refresh: bool = False) -> NetworkInterface:
+        return NetworkInterface.current(refresh=refresh)
+
+
+class NetworkInterface(ModelWithHealthStats):
+    """One network identity of a machine: addresses, DNS server and (when looked up) ISP and place."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
+    mac_address = models.CharField(max_length=17, editable=False)
+    ip_public = models.GenericIPAddressField(editable=False, null=True, blank=True)
+    ip_local = models.GenericIPAddressField(editable=False)
+    dns_server = models.CharField(max_length=63, default="", blank=True, editable=False)
+    hostname = models.CharField(max_length=63, default="")
+    iface = models.CharField(max_length=15, default="")
+    isp = models.CharField(max_length=63, default="", blank=True)
+    city = models.CharField(max_length=63, default="", blank=True)
+    region = models.CharField(max_length=63, default="", blank=True)
+    country = models.CharField(max_length=63, default="", blank=True)
+
+    objects = NetworkInterfaceManager()
+
+    class Meta:
+        verbose_name = "Network interface"
+        verbose_name_plural = "Network interfaces"
+        unique_together = (("machine", "ip_public", "ip_local", "mac_address", "dns_server"),)
+
+    def __str__(self) -> str:
+        return f"{self.iface or 'iface'} {self.ip_local} ({self.mac_address})"
+
+    @classmethod
+    def current(cls, refresh: bool = False) -> NetworkInterface:
+        """This host's interface row: cached per machine for the recheck interval, else re-detected."""
+        global _CURRENT_INTERFACE
+        machine = Machine.current()
+        cached = _CURRENT_INTERFACE
+        if (
+            not refresh
+            and cached is not None
+            and cached.machine_id == machine.pk
+            and _is_fresh(cached, NETWORK_INTERFACE_RECHECK_INTERVAL)
+        ):
+            return cached
+        net = get_host_network(
+            public_lookups=machine_settings.public_ip_lookup, timeout=float(machine_settings.DETECT_TIMEOUT)
+        )
+        fingerprint = {
+            "machine": machine,
+            "ip_public": net.get("ip_public") or None,
+            "ip_local": net.get("ip_local") or "127.0.0.1",
+            "mac_address": (net.get("mac_address") or "00:00:00:00:00:00")[:17],
+            "dns_server": (net.get("dns_server") or "")[:63],
+        }
+        details = {
+            name: str(net.get(name) or "")[: cls._meta.get_field(name).max_length]
+            for name in ("hostname", "iface", "isp", "city", "region", "country")
+        }
+        with transaction.atomic():
+            # Lock the machine row so two processes starting together cannot both insert the same
+            # fingerprint (ip_public may be NULL, and NULLs never collide in a unique constraint).
+            Machine.objects.select_for_update().filter(pk=machine.pk).exists()
+            interface, _created = cls.objects.update_or_create(**fingerprint, defaults=details)
+        _CURRENT_INTERFACE = interface
+        return interface
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "NetworkInterface",
+            "schema_version": JSON_SCHEMA_VERSION,
+            "id": str(self.id),
+            "machine_id": str(self.machine_id),
+            "mac_address": self.mac_address,
+            "ip_public": self.ip_public,
+            "ip_local": self.ip_local,
+            "dns_server": self.dns_server,
+            "hostname": self.hostname,
+            "iface": self.iface,
+            "isp": self.isp,
+            "city": self.city,
+            "region": self.region,
+            "country": self.country,
+            "num_uses_succeeded": self.num_uses_succeeded,
+            "num_uses_failed": self.num_uses_failed,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "modified_at": self.modified_at.isoformat() if self.modified_at else None,
+        }
+
+
+class BinaryManager(models.Manager):
+    def get_from_db_or_cache(
+        self, name: str, abspath: str = "", version: str = "", sha256: str = "", binprovider: str = "env"
+    ) -> Binary:
+        raise NotImplementedError  # filled in by the Binary issue
+
+    def get_valid_binary(self, name: str, machine: Machine | None = None) -> Binary | None:
+        """Newest row named `name` (case-insensitive) on the machine with an abspath, or None."""
+        machine = machine or Machine.current()
+        return (
+            self.filter(machine=machine, name__iexact=name)
+            .exclude(abspath="")
+            .order_by("-modified_at", "-created_at")
+            .first()
+        )
+
+
+class Binary(ModelWithHealthStats, ModelWithStateMachine):
+    """A binary on one machine: queued until a provider hook finds or installs it."""
+
+    StatusChoices = BinaryStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
+    name = models.CharField(max_length=63, db_index=True, blank=True, default="")
+    binproviders = models.CharField(
+        max_length=127,
+        default="env",
+        blank=True,
+        help_text="Comma list of allowed providers; empty or * = any.",
+    )
+    overrides = models.JSONField(
+        default=dict, blank=True, help_text="Per-provider overrides, stored unchanged."
+    )
+    binprovider = models.CharField(
+        max_length=31, default="", blank=True, help_text="The provider that succeeded."
+    )
+    abspath = models.CharField(max_length=255, default="", blank=True)
+    version = models.CharField(max_length=32, default="", blank=True)
+    sha256 = models.CharField(max_length=64, default="", blank=True)
+
+    status = ModelWithStateMachine.StatusField(choices=BinaryStatus.choices, default=BinaryStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "machine.statemachines.BinaryMachine"
+
+    objects = BinaryManager()
+
+    class Meta:
+        verbose_name = "Binary"
+        verbose_name_plural = "Binaries"
+        unique_together = (("machine", "name", "abspath", "version", "sha256"),)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.binprovider}+{self.abspath}@{self.version}"
+
+    @property
+    def is_valid(self) -> bool:
+        """A resolved path and the installed status."""
+        return bool(self.abspath) and self.status == BinaryStatus.INSTALLED
+
+    @property
+    def output_dir(self) -> Path:
+        """Where this binary's hook runs keep their logs."""
+        return (
+            machine_settings.data_dir
+            / "machines"
+            / str(self.machine_id)
+            / "binaries"
+            / self.name
+            / str(self.id)
+        )
+
+
+class ProcessManager(models.Manager):
+    def current(self) -> Process:
+        return Process.current()
+
+
+class Process(ModelWithStateMachine):
+    """One OS process: launched by us (queued -> running -> exited) or registered by itself."""
+
+    StatusChoices = ProcessStatus
+    TypeChoices = ProcessType
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="process_set")
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+    process_type = models.CharField(
+        max_length=16, choices=ProcessType.choices, default=ProcessType.BINARY, db_index=True
+    )
+    worker_type = models.CharField(max_length=32, default="", blank=True, db_index=True)
+
+    pwd = models.CharField(max_length=512, default="", blank=True)
+    cmd = models.JSONField(default=list, blank=True)
+    env = models.JSONField(default=dict, blank=True, help_text="Environment, with secret values redacted.")
+    timeout = models.IntegerField(default=120, help_text="Seconds.")
+
+    pid = models.IntegerField(null=True, blank=True, db_index=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(default="", blank=True)
+    stderr = models.TextField(default="", blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    #: The OS's own start time of the process (psutil create_time), exact to the clock tick.
+    os_start_time = models.FloatField(null=True, blank=True)
+    #: Per-launch marker put in the child's environment, to find descendants that escaped the tree.
+    launch_marker = models.CharField(max_length=64, default="", blank=True)
+
+    binary = models.ForeignKey(
+        Binary, on_delete=models.SET_NULL, null=True, blank=True, related_name="process_set"
+    )
+    iface = models.ForeignKey(NetworkInterface, on_delete=models.SET_NULL, null=True, blank=True)
+    url = models.URLField(max_length=2048, default="", blank=True)
+
+    status = ModelWithStateMachine.StatusField(choices=ProcessStatus.choices, default=ProcessStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "machine.statemachines.ProcessMachine"
+
+    objects = ProcessManager()
+
+    class Meta:
+        verbose_name = "Process"
+        verbose_name_plural = "Processes"
+        indexes = [
+            models.Index(fields=["machine", "status", "retry_at"]),
+            models.Index(fields=["binary", "exit_code"]),
+            models.Index(fields=["machine", "pid", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Process[{self.id}] {' '.join(map(str, self.cmd or []))[:60]} ({self.status})"
+
+
+# The contract imports the state machines from machine.models.
+from machine.statemachines import BinaryMachine, ProcessMachine  # noqa: E402
+
+__all__ = [
+    "Machine",
+    "NetworkInterface",
+    "Binary",
+    "BinaryManager",
+    "Process",
+    "ProcessManager",
+    "BinaryMachine",
+    "ProcessMachine",
+]

@@ -1,0 +1,91 @@
+"""The claim: move due rows' retry_at into the future so exactly one worker owns them.
+
+One small function per database vendor. Both are a single statement, so two workers can never
+both win a row: PostgreSQL locks the candidate rows with FOR UPDATE SKIP LOCKED (concurrent
+claimers skip each other's rows instead of waiting), SQLite serialises writers on the database
+lock and re-checks the WHERE clause under it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import connections, models, transaction
+
+
+def _sql_names(model: type[models.Model], state_field: str, retry_field: str) -> tuple[str, str, str, str]:
+    meta = model._meta
+    qn = connections[model.objects.db].ops.quote_name
+    return (
+        qn(meta.db_table),
+        qn(meta.pk.column),
+        qn(meta.get_field(state_field).column),
+        qn(meta.get_field(retry_field).column),
+    )
+
+
+def claim_due_rows(
+    model: type[models.Model],
+    *,
+    state_field: str,
+    retry_field: str,
+    final_states: list[str],
+    now: datetime,
+    until: datetime,
+    limit: int,
+    extra_where: models.Q | None = None,
+) -> list:
+    """Claim up to `limit` due rows (retry_at <= now, not final) by setting retry_at = until; return their pks."""
+    if limit <= 0:
+        return []
+    candidates = model._default_manager.filter(**{f"{retry_field}__lte": now}).exclude(
+        **{f"{state_field}__in": final_states}
+    )
+    if extra_where is not None:
+        candidates = candidates.filter(extra_where)
+    candidates = candidates.order_by(retry_field).values("pk")[:limit]
+    alias = model._default_manager.db
+    connection = connections[alias]
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        candidates = candidates.select_for_update(skip_locked=True)
+    table, pk, _state, retry = _sql_names(model, state_field, retry_field)
+    field = model._meta.get_field(retry_field)
+    # select_for_update() may only be compiled inside a transaction.
+    with transaction.atomic(using=alias):
+        inner_sql, inner_params = candidates.query.get_compiler(using=alias).as_sql()
+        # retry_at <= now is re-checked in the outer statement: on SQLite the subquery and the update
+        # run under one write lock, on PostgreSQL the locked rows are re-read after the lock is taken.
+        sql = f"UPDATE {table} SET {retry} = %s WHERE {pk} IN ({inner_sql}) AND {retry} <= %s RETURNING {pk}"
+        params = [
+            field.get_db_prep_value(until, connection),
+            *inner_params,
+            field.get_db_prep_value(now, connection),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    pk_field = model._meta.pk
+    return [pk_field.to_python(row[0]) for row in rows]
+
+
+def claim_one(
+    model: type[models.Model],
+    pk,
+    *,
+    state_field: str,
+    retry_field: str,
+    final_states: list[str],
+    expected_retry_at: datetime | None,
+    now: datetime,
+    until: datetime,
+) -> bool:
+    """Conditional update of one row: wins only if its retry_at is still what the caller saw and due."""
+    if expected_retry_at is None or expected_retry_at > now:
+        return False
+    updated = (
+        model._default_manager.filter(pk=pk, **{retry_field: expected_retry_at, f"{retry_field}__lte": now})
+        .exclude(**{f"{state_field}__in": final_states})
+        .update(**{retry_field: until})
+    )
+    return updated == 1
