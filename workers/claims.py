@@ -89,3 +89,37 @@ def claim_one(
         .update(**{retry_field: until})
     )
     return updated == 1
+
+
+def move_claims(
+    model: type[models.Model],
+    pks: list,
+    *,
+    retry_field: str,
+    expected: datetime,
+    until: datetime,
+) -> list:
+    """Set retry_at = until on the rows of `pks` whose retry_at is still `expected`; return those pks.
+
+    The guard makes this safe against a claim that already expired and was taken by another worker
+    (its retry_at changed) and against a tick that rescheduled its own row (ditto): only a claim we
+    still hold is moved. Used to renew a claim (until in the future) and to hand it back (until = now).
+    """
+    if not pks:
+        return []
+    alias = model._default_manager.db
+    connection = connections[alias]
+    table, pk, _state, retry = _sql_names(model, retry_field, retry_field)
+    field = model._meta.get_field(retry_field)
+    pk_field = model._meta.pk
+    placeholders = ", ".join(["%s"] * len(pks))
+    sql = f"UPDATE {table} SET {retry} = %s WHERE {retry} = %s AND {pk} IN ({placeholders}) RETURNING {pk}"
+    params = [
+        field.get_db_prep_value(until, connection),
+        field.get_db_prep_value(expected, connection),
+        *(pk_field.get_db_prep_value(value, connection) for value in pks),
+    ]
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [pk_field.to_python(row[0]) for row in rows]

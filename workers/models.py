@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 from statemachine import StateMachine, registry
 from statemachine.mixins import MachineMixin
 
-from workers.claims import claim_due_rows, claim_one
+from workers.claims import claim_due_rows, claim_one, move_claims
 
 
 class BaseStateMachine(StateMachine):
@@ -181,6 +181,26 @@ class ModelWithStateMachine(MachineMixin, models.Model):
         if not pks:
             return []
         return list(cls._default_manager.filter(pk__in=pks).order_by(cls.retry_at_field_name))
+
+    @classmethod
+    def renew_claim(cls, pks: list, claimed_until, lock_seconds: int = 60) -> tuple[list, object]:
+        """Push the claim on `pks` (held until `claimed_until`) `lock_seconds` ahead.
+
+        Returns (renewed pks, new until). A row missing from the result is no longer ours: its claim
+        expired and another worker took it, or a tick already rescheduled it.
+        """
+        until = timezone.now() + timedelta(seconds=lock_seconds)
+        renewed = move_claims(
+            cls, list(pks), retry_field=cls.retry_at_field_name, expected=claimed_until, until=until
+        )
+        return renewed, until
+
+    @classmethod
+    def release_claim(cls, pks: list, claimed_until) -> list:
+        """Hand claimed rows back to the queue (due now), if the claim is still ours; return their pks."""
+        return move_claims(
+            cls, list(pks), retry_field=cls.retry_at_field_name, expected=claimed_until, until=timezone.now()
+        )
 
     def claim_processing_lock(self, lock_seconds: int = 60) -> bool:
         """Claim this row for the calling worker."""

@@ -1,0 +1,130 @@
+"""`manage.py runworker`: run the orchestrator (default) or, with --worker, one worker process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.progress import ProgressPrinter
+from workers.runner import Orchestrator, RunnerOptions, Worker, driven_models
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0 seconds")
+    return number
+
+
+def model_labels(value: str) -> list[str]:
+    labels = [label.strip() for label in value.split(",") if label.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("give at least one model label, e.g. machine.Binary")
+    return labels
+
+
+def configure_logging(verbosity: int, stream) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logger = logging.getLogger("workers")
+    logger.setLevel(level)
+    if not any(getattr(h, "_runworker", False) for h in logger.handlers):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+        handler._runworker = True
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+class Command(BaseCommand):
+    help = (
+        "Drive every ModelWithStateMachine queue (Binary, Process, downstream models): claim due rows, "
+        "tick them, repeat. Starts an orchestrator that supervises --workers worker processes."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--workers", type=positive_int, default=2, help="Worker processes to run (default: %(default)r)"
+        )
+        parser.add_argument(
+            "--until-idle",
+            action="store_true",
+            help="Exit once no row is due or claimed (default: run until signalled)",
+        )
+        parser.add_argument(
+            "--models",
+            type=model_labels,
+            default=[],
+            help="Comma list of models to drive, e.g. machine.Binary,machine.Process (default: all)",
+        )
+        parser.add_argument(
+            "--poll",
+            type=positive_seconds,
+            default=0.5,
+            help="Seconds between empty polls (default: %(default)r)",
+        )
+        parser.add_argument(
+            "--lock-seconds",
+            type=positive_seconds,
+            default=60.0,
+            help="Length of a claim; renewed while the work goes on (default: %(default)r)",
+        )
+        parser.add_argument(
+            "--batch", type=positive_int, default=10, help="Rows claimed per statement (default: %(default)r)"
+        )
+        parser.add_argument(
+            "--grace",
+            type=positive_seconds,
+            default=10.0,
+            help="Seconds in-flight work may finish after SIGTERM/SIGINT (default: %(default)r)",
+        )
+        parser.add_argument(
+            "--heartbeat",
+            type=positive_seconds,
+            default=5.0,
+            help="Seconds between heartbeats of the runner's Process rows (default: %(default)r)",
+        )
+        parser.add_argument(
+            "--progress", action="store_true", help="Show live queue counts on stderr (orchestrator only)"
+        )
+        parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--parent-id", default=None, help=argparse.SUPPRESS)
+
+    def handle(self, *, verbosity, workers, until_idle, models, poll, lock_seconds, batch, grace, heartbeat,
+               progress, worker, parent_id, **_):  # fmt: skip
+        configure_logging(verbosity, self.stderr._out)
+        options = RunnerOptions(
+            workers=workers,
+            until_idle=until_idle,
+            models=tuple(models),
+            poll=poll,
+            lock_seconds=lock_seconds,
+            batch=batch,
+            grace=grace,
+            heartbeat=heartbeat,
+        )
+        try:
+            chosen = driven_models(options.models)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if worker:
+            code = Worker(options, parent_id=parent_id).run()
+        else:
+            printer = ProgressPrinter(chosen, self.stderr._out) if progress else None
+            code = Orchestrator(options, progress=printer).run()
+        if code:
+            raise CommandError(f"runworker exited with {code}", returncode=code)
