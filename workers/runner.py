@@ -387,9 +387,8 @@ class Orchestrator:
                 self._spawn()
             exit_code = self._supervise()
         finally:
-            immediate = self._signals > 1
-            self._stop_children(immediate)
-            if immediate:
+            self._stop_children(immediate=self._signals > 1)
+            if self._signals > 1:  # counted again: a second signal may arrive while stopping
                 exit_code = 128 + self._last_signal
             presence.close_row(self.row, exit_code)
             for sig, handler in previous.items():

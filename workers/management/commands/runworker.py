@@ -40,13 +40,12 @@ def model_labels(value: str) -> list[str]:
 
 def configure_logging(verbosity: int, stream) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    logger = logging.getLogger("workers")
-    logger.setLevel(level)
-    if not any(getattr(h, "_runworker", False) for h in logger.handlers):
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
-        handler._runworker = True
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+    for name in ("workers", "machine", "hooks"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers = [handler]
         logger.propagate = False
 
 
