@@ -47,5 +47,8 @@ def claim_batches(batch: str, out_file: str) -> None:
 if __name__ == "__main__":
     _setup()
     name, *args = sys.argv[1:]
-    {"increment": lambda: increment(args[0], int(args[1])), "claim_each": lambda: claim_each(*args),
-     "claim_batches": lambda: claim_batches(*args)}[name]()
+    {
+        "increment": lambda: increment(args[0], int(args[1])),
+        "claim_each": lambda: claim_each(*args),
+        "claim_batches": lambda: claim_batches(*args),
+    }[name]()

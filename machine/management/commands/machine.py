@@ -19,9 +19,13 @@ class Command(BaseCommand):
     help = "Register this host (Machine + NetworkInterface) and print them."
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true", help="Print JSONL records only (default: %(default)r)")
         parser.add_argument(
-            "--refresh", action="store_true", help="Re-detect the network interface now (default: %(default)r)"
+            "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
+        )
+        parser.add_argument(
+            "--refresh",
+            action="store_true",
+            help="Re-detect the network interface now (default: %(default)r)",
         )
 
     def handle(self, *, json: bool = False, refresh: bool = False, **options):
