@@ -34,9 +34,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _foreign_row(proc: subprocess.Popen, cmd, marker: str = "") -> Process:
+def _foreign_row(proc: subprocess.Popen, cmd, marker: str = "", start: float | None = None) -> Process:
     """A RUNNING row for a process this test process did not launch through Process (as another worker's)."""
-    start = psutil.Process(proc.pid).create_time()
+    start = psutil.Process(proc.pid).create_time() if start is None else start
     return Process.objects.create(
         machine=Machine.current(),
         cmd=list(cmd),
@@ -76,16 +76,17 @@ def test_reused_pid_same_command_within_a_second_is_not_ours(popen, spawn_with_p
     for attempt in range(5):
         marker = f"reuse-test-marker-{attempt}"
         old_proc = popen(cmd, env={**os.environ, process_utils.MARKER_ENV: marker})
-        old = _foreign_row(old_proc, cmd, marker)
+        old_start = psutil.Process(old_proc.pid).create_time()
         old_proc.kill()
         old_proc.wait()
-        # Same pid, same command line, well within one second (often on the same start tick).
-        new_proc = spawn_with_pid(old.pid, cmd)
+        # Same pid, same command line, well within one second (usually on the same start tick).
+        new_proc = spawn_with_pid(old_proc.pid, cmd)
         if new_proc is not None:
             break
-        Process.objects.filter(pk=old.pk).delete()
     else:
         pytest.fail("could not get a pid reused (the host keeps taking it)")
+    old = _foreign_row(old_proc, cmd, marker, start=old_start)
+    assert abs(psutil.Process(new_proc.pid).create_time() - old_start) < 1.0
     assert new_proc.pid == old.pid
     _assert_not_ours(old, new_proc.pid)
 
