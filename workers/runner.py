@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -41,7 +40,9 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import close_old_connections, connections, models
 from django.utils import timezone
 
+from machine import process_utils
 from workers import presence
+from workers.claims import move_claims
 from workers.models import ModelWithStateMachine
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,25 @@ class _Held:
 
 
 @dataclass
+class _FollowUp:
+    """A row this worker ticked that is due again soon: it keeps the claim and ticks it itself.
+
+    A Process launched in the background is the launching worker's child: only that worker can reap
+    it and learn its true exit code, so the same worker polls it.
+    """
+
+    model: type[ModelWithStateMachine]
+    row: object
+    due: object
+    until: object
+    lock: float
+
+
+#: A worker stops claiming new rows while it follows this many batches' worth of rows.
+FOLLOW_UP_BATCHES = 4
+
+
+@dataclass
 class Worker:
     """One worker process: claim a batch, tick each row, renew, repeat; stop cleanly on a signal."""
 
@@ -171,6 +191,7 @@ class Worker:
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     _batch: _Held | None = None
     _current: _Held | None = None
+    _follow: list[_FollowUp] = field(default_factory=list)
     _signals: int = 0
     _stop_deadline: float | None = None
     _cleaning: bool = False
@@ -195,8 +216,8 @@ class Worker:
         finally:
             self._cleaning = True
             signal.setitimer(signal.ITIMER_REAL, 0)
-            self._hand_back()
             self._stop_children(immediate=exit_code != 0)
+            self._hand_back()
             self._stop.set()
             beat.join(timeout=5)
             presence.close_row(self.row, exit_code)
@@ -227,21 +248,58 @@ class Worker:
 
     def _loop(self) -> None:
         horizon = max(lock_seconds_for(m, self.options.lock_seconds) for m in self.models) + self.options.poll
+        max_follow = FOLLOW_UP_BATCHES * self.options.batch
         while not self._stop.is_set():
             if os.getppid() != self._ppid:
                 logger.warning("worker %d: orchestrator is gone, stopping", os.getpid())
+                self._stop_deadline = time.monotonic() + self.options.grace
                 return
             close_old_connections()
-            worked = 0
+            worked = self._tick_follow_ups()
             for model in self.models:
                 if self._stop.is_set():
                     return
-                worked += self._work_one_batch(model)
+                if len(self._follow) < max_follow:
+                    worked += self._work_one_batch(model)
             if worked:
+                continue
+            if self._follow:
+                next_due = min(f.due for f in self._follow)
+                wait = (next_due - timezone.now()).total_seconds()
+                self._stop.wait(min(max(wait, 0.0), self.options.poll))
                 continue
             if self.options.until_idle and not any(pending_soon(m, horizon) for m in self.models):
                 return
             self._stop.wait(self.options.poll)
+
+    def _tick_follow_ups(self, everything: bool = False) -> int:
+        """Tick the followed rows that are due (all of them with `everything`); renew the others."""
+        now = timezone.now()
+        due = [f for f in self._follow if everything or f.due <= now]
+        for follow in self._follow:
+            if follow not in due and (follow.until - now).total_seconds() < follow.lock / 2:
+                renewed, until = follow.model.renew_claim([follow.row.pk], follow.until, follow.lock)
+                if renewed:
+                    follow.until = until
+                    setattr(follow.row, follow.model.retry_at_field_name, until)
+                else:
+                    due.append(follow)  # lost: dropped below without a tick
+                    follow.lock = -1.0
+        ticked = 0
+        for follow in due:
+            self._follow.remove(follow)
+            if follow.lock < 0 or (self._stop.is_set() and not self._cleaning):
+                if follow.lock >= 0:
+                    self._follow.append(follow)  # stopping: handed back or finished by the cleanup
+                continue
+            current = _Held(follow.model, [follow.row], follow.until, follow.lock)
+            with self._mutex:
+                self._current = current
+            self._tick(current)
+            with self._mutex:
+                self._current = None
+            ticked += 1
+        return ticked
 
     def _work_one_batch(self, model: type[ModelWithStateMachine]) -> int:
         lock = lock_seconds_for(model, self.options.lock_seconds)
@@ -288,12 +346,28 @@ class Worker:
         try:
             getattr(row, row.state_machine_attr).tick()
             self.ticks += 1
+            self._keep_if_due_soon(current)
         except Exception:
             logger.exception("tick of %s failed; retrying in %ds", row, ERROR_RETRY_SECONDS)
             # Guarded by our claim: a tick that rescheduled its row before failing keeps its schedule.
             with self._mutex:
                 until = current.until
             current.model.renew_claim([row.pk], until, ERROR_RETRY_SECONDS)
+
+    def _keep_if_due_soon(self, current: _Held) -> None:
+        """After a tick: a row due again within half a claim stays ours (see _FollowUp)."""
+        model, row = current.model, current.rows[0]
+        if getattr(row, model.state_field_name) in model.FINAL_STATES:
+            return
+        due = getattr(row, model.retry_at_field_name)
+        now = timezone.now()
+        if due is None or (due - now).total_seconds() > current.lock / 2:
+            return
+        until = now + timedelta(seconds=current.lock)
+        # Guarded by the schedule the tick wrote: if the row changed meanwhile, the queue has it.
+        if move_claims(model, [row.pk], retry_field=model.retry_at_field_name, expected=due, until=until):
+            setattr(row, model.retry_at_field_name, until)
+            self._follow.append(_FollowUp(model, row, due, until, current.lock))
 
     # the heartbeat thread
 
@@ -330,7 +404,9 @@ class Worker:
         """Return the rows we claimed and did not finish to the queue (due now)."""
         with self._mutex:
             held = [h for h in (self._current, self._batch) if h is not None and h.rows]
+            held += [_Held(f.model, [f.row], f.until, f.lock) for f in self._follow]
             self._current = self._batch = None
+            self._follow = []
         for item in held:
             try:
                 released = item.model.release_claim([r.pk for r in item.rows], item.until)
@@ -341,15 +417,36 @@ class Worker:
                 logger.info("handed %d %s row(s) back to the queue", len(released), item.model.__name__)
 
     def _stop_children(self, immediate: bool) -> None:
-        """Let our child processes finish within what is left of the grace period, then kill their trees."""
-        me = psutil.Process()
-        children = me.children(recursive=True)
-        if not children:
-            return
-        if not immediate and self._stop_deadline is not None:
-            timeout = max(0.0, self._stop_deadline - time.monotonic())
-            _gone, children = psutil.wait_procs(children, timeout=timeout)
-        _terminate_procs(children, graceful_timeout=0 if immediate else 2.0)
+        """Let our children (processes the ticks launched) end within the grace period, kill the rest.
+
+        Followed rows are ticked meanwhile, so the exit codes are recorded by the one process that can
+        reap those children; after the kill they are ticked once more to record how they ended.
+        """
+        deadline = time.monotonic() if immediate or self._stop_deadline is None else self._stop_deadline
+        while _live_children() and time.monotonic() < deadline:
+            self._tick_follow_ups()
+            time.sleep(0.05)
+        for child in _live_children():
+            process_utils.kill_tree(
+                child.pid,
+                process_utils.get_start_time(child.pid),
+                graceful_timeout=0 if immediate else 2.0,
+                tolerance=process_utils.EXACT_START_TOLERANCE,
+            )
+        if self._follow and not immediate:
+            self._tick_follow_ups(everything=True)
+
+
+def _live_children() -> list[psutil.Process]:
+    """Our direct children that have not exited (an exited one waits as a zombie to be reaped)."""
+    alive = []
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.Error:
+            pass
+    return alive
 
 
 # -- the orchestrator ------------------------------------------------------------------------
@@ -357,8 +454,29 @@ class Worker:
 
 @dataclass
 class _Child:
-    popen: subprocess.Popen
-    started: float
+    """A worker process we spawned, with what proves its identity before we signal it."""
+
+    spawned: process_utils.Spawned
+    cmd: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.spawned.pid
+
+    def poll(self) -> int | None:
+        return self.spawned.popen.poll()
+
+    def signal(self, sig: int) -> bool:
+        return process_utils.send_signal(
+            self.pid, self.spawned.start_time, self.cmd, sig,
+            process_utils.EXACT_START_TOLERANCE, marker=self.spawned.marker,
+        )  # fmt: skip
+
+    def kill_tree(self) -> None:
+        process_utils.kill_tree(
+            self.pid, self.spawned.start_time, self.cmd, self.spawned.marker,
+            graceful_timeout=0, tolerance=process_utils.EXACT_START_TOLERANCE,
+        )  # fmt: skip
 
 
 @dataclass
@@ -375,14 +493,18 @@ class Orchestrator:
 
     def run(self) -> int:
         """Run until stopped (or until the workers found the queues empty); return the exit code."""
-        from machine.models import Machine
+        from machine.models import Machine, Process
 
         driven_models(self.options.models)  # fail early on unknown labels
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.row = presence.register_self("orchestrator", worker_type="runworker")
         exit_code = 0
         try:
-            presence.close_stale_runner_rows(Machine.current())
+            machine = Machine.current()
+            presence.close_stale_runner_rows(machine)
+            # Rows a killed runner launched and nobody will poll any more (before our workers start:
+            # a live worker's exited-but-unreaped child would look gone too).
+            Process.cleanup_stale_running(machine=machine)
             for _ in range(self.options.workers):
                 self._spawn()
             exit_code = self._supervise()
@@ -406,7 +528,7 @@ class Orchestrator:
         last_beat = 0.0
         while not self._stop.is_set():
             for child in list(self.children):
-                code = child.popen.poll()
+                code = child.poll()
                 if code is None:
                     continue
                 self.children.remove(child)
@@ -414,7 +536,7 @@ class Orchestrator:
                 self._close_worker_row(child, exit_code)
                 if self._stop.is_set() or (self.options.until_idle and exit_code == 0):
                     continue
-                logger.warning("worker %d exited with %d; starting another", child.popen.pid, exit_code)
+                logger.warning("worker %d exited with %d; starting another", child.pid, exit_code)
                 if self.restarts >= self.options.max_restarts:
                     logger.error("workers keep failing (%d restarts); giving up", self.restarts)
                     return 1
@@ -447,36 +569,38 @@ class Orchestrator:
         return env
 
     def _spawn(self) -> None:
-        # Own session: a terminal's Ctrl-C reaches the orchestrator only, which then stops the
-        # workers once (a second signal would make them exit at once).
-        popen = subprocess.Popen(
-            self._worker_argv(), env=self._worker_env(), stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        self.children.append(_Child(popen, time.monotonic()))
+        # process_utils starts it in its own session: a terminal's Ctrl-C reaches the orchestrator
+        # only, which then stops the workers once (a second signal would make them exit at once).
+        # Their logs go to our stderr.
+        cmd = self._worker_argv()
+        spawned = process_utils.spawn(cmd, os.getcwd(), self._worker_env(), "/dev/stdout", "/dev/stderr")
+        if spawned.pid is None:
+            raise RuntimeError(f"cannot start a worker: {spawned.error}")
+        self.children.append(_Child(spawned, cmd))
 
     def _close_worker_row(self, child: _Child, exit_code: int) -> None:
         from machine.models import Process
 
         rows = Process.objects.filter(
-            parent=self.row, pid=child.popen.pid, status=Process.StatusChoices.RUNNING
+            parent=self.row, pid=child.pid, status=Process.StatusChoices.RUNNING
         ).values_list("pk", flat=True)
         for pk in rows:
             presence.close_row(pk, exit_code)
 
     def _stop_children(self, immediate: bool) -> None:
         """SIGTERM the workers (once), wait for them within the grace period, then kill their trees."""
-        alive = [c for c in self.children if c.popen.poll() is None]
+        alive = [c for c in self.children if c.poll() is None]
         if not immediate:
             for child in alive:
-                child.popen.send_signal(signal.SIGTERM)
+                child.signal(signal.SIGTERM)
             deadline = time.monotonic() + self.options.grace + 5.0
             while alive and time.monotonic() < deadline and self._signals <= 1:
                 time.sleep(0.05)
-                alive = [c for c in alive if c.popen.poll() is None]
+                alive = [c for c in alive if c.poll() is None]
         for child in alive:
-            _kill_tree(child.popen)
+            child.kill_tree()
         for child in self.children:
-            code = child.popen.wait()
+            code = child.spawned.popen.wait()
             self._close_worker_row(child, _exit_code(code))
         self.children = []
 
@@ -484,30 +608,3 @@ class Orchestrator:
 def _exit_code(returncode: int) -> int:
     """subprocess gives -N for a signalled child: report 128 + N as a shell would."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _terminate_procs(procs: list[psutil.Process], graceful_timeout: float) -> None:
-    if not procs:
-        return
-    sig = signal.SIGTERM if graceful_timeout > 0 else signal.SIGKILL
-    for proc in procs:
-        try:
-            proc.send_signal(sig)  # psutil re-checks pid + create time before signalling
-        except psutil.Error:
-            pass
-    _gone, alive = psutil.wait_procs(procs, timeout=graceful_timeout or 2.0)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-def _kill_tree(popen: subprocess.Popen) -> None:
-    """SIGKILL a worker we started (not yet reaped, so its pid is still its own) and its descendants."""
-    try:
-        root = psutil.Process(popen.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    _terminate_procs(procs, graceful_timeout=0)
