@@ -34,8 +34,11 @@ class RunnerProcess:
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
+            for proc in [psutil.Process(self.pid), *_descendants(self.pid)]:
+                proc.send_signal(signal.SIGUSR1)  # runworker dumps its threads' stacks
+            time.sleep(1)
             raise AssertionError(
-                f"runworker still running after {timeout}s:\n{self.output()[-3000:]}"
+                f"runworker still running after {timeout}s:\n{self.output()[-6000:]}"
             ) from None
 
     def signal(self, sig: int) -> None:

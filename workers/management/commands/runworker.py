@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -106,6 +108,7 @@ class Command(BaseCommand):
     def handle(self, *, verbosity, workers, until_idle, models, poll, lock_seconds, batch, grace, heartbeat,
                progress, worker, parent_id, **_):  # fmt: skip
         configure_logging(verbosity, self.stderr._out)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
         options = RunnerOptions(
             workers=workers,
             until_idle=until_idle,
