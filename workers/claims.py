@@ -8,7 +8,12 @@ lock and re-checks the WHERE clause under it.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 from django.db import connections, models, transaction
 
@@ -22,6 +27,64 @@ def _sql_names(model: type[models.Model], state_field: str, retry_field: str) ->
         qn(meta.get_field(state_field).column),
         qn(meta.get_field(retry_field).column),
     )
+
+
+_claim_lock_files: dict[str, int] = {}
+_claim_lock_guard = threading.Lock()
+
+
+@contextmanager
+def sqlite_claim_lock(connection):
+    """Serialise claimers of one SQLite file through an flock next to it.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which sleeps 1, 2, 5,
+    10... ms between attempts, so claimers that keep colliding get slower as workers are added. A
+    blocking flock wakes the next claimer as soon as the previous one commits. (In-memory databases
+    have a single process and need nothing.)
+    """
+    name = str(connection.settings_dict.get("NAME") or "")
+    if connection.vendor != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        yield
+        return
+    path = str(Path(name).resolve()) + "-claims.lock"
+    with _claim_lock_guard:
+        fd = _claim_lock_files.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            _claim_lock_files[path] = fd
+    with _claim_lock_guard:  # threads of one process share the fd (and so the flock): take turns
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _claim_sql(model, *, state_field, retry_field, final_states, now, until, limit, extra_where, returning):
+    candidates = model._default_manager.filter(**{f"{retry_field}__lte": now}).exclude(
+        **{f"{state_field}__in": final_states}
+    )
+    if extra_where is not None:
+        candidates = candidates.filter(extra_where)
+    candidates = candidates.order_by(retry_field).values("pk")[:limit]
+    alias = model._default_manager.db
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        candidates = candidates.select_for_update(skip_locked=True)
+    table, pk, _state, retry = _sql_names(model, state_field, retry_field)
+    field = model._meta.get_field(retry_field)
+    inner_sql, inner_params = candidates.query.get_compiler(using=alias).as_sql()
+    # retry_at <= now is re-checked in the outer statement: on SQLite the subquery and the update
+    # run under one write lock, on PostgreSQL the locked rows are re-read after the lock is taken.
+    sql = (
+        f"UPDATE {table} SET {retry} = %s WHERE {pk} IN ({inner_sql}) AND {retry} <= %s RETURNING {returning}"
+    )
+    params = [
+        field.get_db_prep_value(until, connection),
+        *inner_params,
+        field.get_db_prep_value(now, connection),
+    ]
+    return sql, params
 
 
 def claim_due_rows(
@@ -38,35 +101,74 @@ def claim_due_rows(
     """Claim up to `limit` due rows (retry_at <= now, not final) by setting retry_at = until; return their pks."""
     if limit <= 0:
         return []
-    candidates = model._default_manager.filter(**{f"{retry_field}__lte": now}).exclude(
-        **{f"{state_field}__in": final_states}
-    )
-    if extra_where is not None:
-        candidates = candidates.filter(extra_where)
-    candidates = candidates.order_by(retry_field).values("pk")[:limit]
     alias = model._default_manager.db
     connection = connections[alias]
-    vendor = connection.vendor
-    if vendor == "postgresql":
-        candidates = candidates.select_for_update(skip_locked=True)
-    table, pk, _state, retry = _sql_names(model, state_field, retry_field)
-    field = model._meta.get_field(retry_field)
+    _t, pk, _s, _r = _sql_names(model, state_field, retry_field)
     # select_for_update() may only be compiled inside a transaction.
-    with transaction.atomic(using=alias):
-        inner_sql, inner_params = candidates.query.get_compiler(using=alias).as_sql()
-        # retry_at <= now is re-checked in the outer statement: on SQLite the subquery and the update
-        # run under one write lock, on PostgreSQL the locked rows are re-read after the lock is taken.
-        sql = f"UPDATE {table} SET {retry} = %s WHERE {pk} IN ({inner_sql}) AND {retry} <= %s RETURNING {pk}"
-        params = [
-            field.get_db_prep_value(until, connection),
-            *inner_params,
-            field.get_db_prep_value(now, connection),
-        ]
+    with sqlite_claim_lock(connection), transaction.atomic(using=alias):
+        sql, params = _claim_sql(
+            model, state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
+            until=until, limit=limit, extra_where=extra_where, returning=pk,
+        )  # fmt: skip
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
     pk_field = model._meta.pk
     return [pk_field.to_python(row[0]) for row in rows]
+
+
+def claim_due_instances(
+    model: type[models.Model],
+    *,
+    state_field: str,
+    retry_field: str,
+    final_states: list[str],
+    now: datetime,
+    until: datetime,
+    limit: int,
+    extra_where: models.Q | None = None,
+) -> list:
+    """Like claim_due_rows, but the one statement returns whole rows (as model instances, pk order)."""
+    if limit <= 0:
+        return []
+    alias = model._default_manager.db
+    connection = connections[alias]
+    fields = model._meta.concrete_fields
+    returning = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    options = dict(
+        state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
+        until=until, limit=limit, extra_where=extra_where, returning=returning,
+    )  # fmt: skip
+    # Keep the locked part short: on SQLite compile first (BEGIN IMMEDIATE takes the write lock);
+    # PostgreSQL can only compile FOR UPDATE inside the transaction.
+    sql_params = None if connection.vendor == "postgresql" else _claim_sql(model, **options)
+    with sqlite_claim_lock(connection), transaction.atomic(using=alias):
+        sql, params = sql_params or _claim_sql(model, **options)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            raw_rows = cursor.fetchall()
+    return sorted(_instances(model, alias, connection, fields, raw_rows), key=lambda row: row.pk)
+
+
+def _instances(model, alias, connection, fields, raw_rows) -> list:
+    """Model instances from raw column values, converted as a SELECT would (dates, JSON, UUIDs)."""
+    table = model._meta.db_table
+    converters = []
+    for field in fields:
+        column = field.get_col(table)
+        converters.append(
+            (column, connection.ops.get_db_converters(column) + column.get_db_converters(connection))
+        )
+    names = [f.attname for f in fields]
+    instances = []
+    for raw in raw_rows:
+        values = []
+        for value, (column, funcs) in zip(raw, converters, strict=True):
+            for func in funcs:
+                value = func(value, column, connection)
+            values.append(value)
+        instances.append(model.from_db(alias, names, values))
+    return instances
 
 
 def claim_one(

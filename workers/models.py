@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 from statemachine import StateMachine, registry
 from statemachine.mixins import MachineMixin
 
-from workers.claims import claim_due_rows, claim_one, move_claims
+from workers.claims import claim_due_instances, claim_one, move_claims
 
 
 class BaseStateMachine(StateMachine):
@@ -168,7 +168,8 @@ class ModelWithStateMachine(MachineMixin, models.Model):
     def claim_batch(cls, limit: int = 10, lock_seconds: int = 60, filters: models.Q | None = None) -> list:
         """Claim up to `limit` due rows in one statement and return them (already claimed)."""
         now = timezone.now()
-        pks = claim_due_rows(
+        # One statement claims the rows and returns them (UPDATE ... RETURNING every column).
+        return claim_due_instances(
             cls,
             state_field=cls.state_field_name,
             retry_field=cls.retry_at_field_name,
@@ -178,10 +179,6 @@ class ModelWithStateMachine(MachineMixin, models.Model):
             limit=limit,
             extra_where=filters,
         )
-        if not pks:
-            return []
-        # Every claimed row now has the same retry_at; pk order (UUIDv7: creation order) is stable.
-        return list(cls._default_manager.filter(pk__in=pks).order_by("pk"))
 
     @classmethod
     def renew_claim(cls, pks: list, claimed_until, lock_seconds: int = 60) -> tuple[list, object]:
