@@ -1,0 +1,57 @@
+"""`manage.py quickstart`: the main job (migrate, register, install a manifest, run demo processes, report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.management.commands.runworker import positive_int
+from workers.quickstart import (
+    ManifestError,
+    default_manifest_path,
+    format_summary,
+    load_manifest,
+    quickstart,
+    summary_records,
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Migrate, register this machine and interface, install the manifest's binaries and run its demo "
+        "processes with the workers until idle, then print a summary."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--manifest", type=Path, default=None, help="Manifest JSON (default: demo/manifest.json)"
+        )
+        parser.add_argument(
+            "--workers", type=positive_int, default=2, help="Worker processes (default: %(default)r)"
+        )
+        parser.add_argument("--no-progress", action="store_true", help="No live progress display")
+        parser.add_argument("--json", action="store_true", help="Print JSONL records only on stdout")
+
+    def handle(self, *, manifest, workers, no_progress, json: bool = False, verbosity, **_):
+        try:
+            loaded = load_manifest(manifest or default_manifest_path())
+        except ManifestError as exc:
+            raise CommandError(str(exc)) from None
+        err = self.stderr._out
+        err.write("[0/2] migrating the database and registering this machine\n")
+        call_command("migrate", interactive=False, verbosity=0)
+        result = quickstart(loaded, workers=workers, stream=err, show_progress=not no_progress)
+        if json:
+            for record in summary_records(result):
+                self.stdout.write(_dumps(record))
+        else:
+            self.stdout.write(format_summary(result))
+        if result.exit_code:
+            raise CommandError(f"the runner exited with {result.exit_code}", returncode=result.exit_code)
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(record, default=str)
