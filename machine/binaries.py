@@ -274,20 +274,59 @@ class BinaryMixin:
 
     @classmethod
     def _from_request_record(cls, machine, existing, name: str, request: dict):
+        now = timezone.now()
         if existing is None:
             return cls._default_manager.create(
-                machine=machine, name=name, status=BinaryStatus.QUEUED, retry_at=timezone.now(), **request
+                machine=machine, name=name, status=BinaryStatus.QUEUED, retry_at=now, **request
             )
         unchanged = all(getattr(existing, field) == value for field, value in request.items())
-        if existing.status == BinaryStatus.INSTALLED and unchanged:
-            return existing  # already satisfied: nothing to install again
-        for field, value in request.items():
+        if existing.status == BinaryStatus.INSTALLED:
+            if unchanged:
+                return existing  # already satisfied: nothing to install again
+            # A different request for an installed binary: queue it again (no worker holds a final row).
+            values = {**request, "status": BinaryStatus.QUEUED, "retry_at": now, "modified_at": now}
+            cls._default_manager.filter(pk=existing.pk).update(**values)
+        else:
+            # Queued: only the request columns change; retry_at is left to retry_now(), which never
+            # takes a row away from a worker that holds it.
+            values = request
+            if not unchanged:
+                cls._default_manager.filter(pk=existing.pk).update(**values)
+        for field, value in values.items():
             setattr(existing, field, value)
-        if existing.status != BinaryStatus.INSTALLED or not unchanged:
-            existing.status = BinaryStatus.QUEUED
-            existing.retry_at = timezone.now()
-        existing.save()
+        existing.retry_now()
         return existing
+
+    @property
+    def is_backing_off(self) -> bool:
+        """Queued after a failed install and waiting out RETRY_DELAY (not held by a worker).
+
+        _record_failure writes retry_at = modified_at + RETRY_DELAY from one clock reading; a
+        worker's claim moves retry_at without touching modified_at, so the two never look alike.
+        """
+        return (
+            self.status == BinaryStatus.QUEUED
+            and self.retry_at is not None
+            and self.modified_at is not None
+            and self.retry_at == self.modified_at + RETRY_DELAY
+        )
+
+    def retry_now(self) -> bool:
+        """Make a queued row due now, unless a worker holds it; True when it is due now."""
+        if self.status != BinaryStatus.QUEUED:
+            return False
+        now = timezone.now()
+        if self.retry_at is not None and self.retry_at <= now:
+            return True
+        if self.retry_at is not None and not self.is_backing_off:
+            return False  # claimed by a worker: its lease must hold
+        guard = {"retry_at__isnull": True} if self.retry_at is None else {"retry_at": self.retry_at}
+        updated = type(self)._default_manager.filter(
+            pk=self.pk, status=BinaryStatus.QUEUED, modified_at=self.modified_at, **guard
+        ).update(retry_at=now)
+        if updated:
+            self.retry_at = now
+        return bool(updated)
 
     def update_and_requeue(self, **kwargs) -> bool:
         """Set the given fields, bump modified_at and save (always); True."""
@@ -427,11 +466,8 @@ class BinaryMixin:
 
     def _record_failure(self) -> None:
         """Stay queued, due again after RETRY_DELAY, one failure counted: one UPDATE plus the counter."""
-        values = {
-            "status": BinaryStatus.QUEUED,
-            "retry_at": timezone.now() + RETRY_DELAY,
-            "modified_at": timezone.now(),
-        }
+        now = timezone.now()  # one clock reading for both: see is_backing_off
+        values = {"status": BinaryStatus.QUEUED, "retry_at": now + RETRY_DELAY, "modified_at": now}
         type(self)._default_manager.filter(pk=self.pk).update(**values)
         for field, value in values.items():
             setattr(self, field, value)
