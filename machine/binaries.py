@@ -321,9 +321,13 @@ class BinaryMixin:
         if self.retry_at is not None and not self.is_backing_off:
             return False  # claimed by a worker: its lease must hold
         guard = {"retry_at__isnull": True} if self.retry_at is None else {"retry_at": self.retry_at}
-        updated = type(self)._default_manager.filter(
-            pk=self.pk, status=BinaryStatus.QUEUED, modified_at=self.modified_at, **guard
-        ).update(retry_at=now)
+        updated = (
+            type(self)
+            ._default_manager.filter(
+                pk=self.pk, status=BinaryStatus.QUEUED, modified_at=self.modified_at, **guard
+            )
+            .update(retry_at=now)
+        )
         if updated:
             self.retry_at = now
         return bool(updated)

@@ -14,7 +14,12 @@ from typing import Any
 from django.db import transaction
 
 from hooks.discovery import discover_hooks, plugin_name_for
-from machine.binaries import BINARY_REQUEST_EVENT, claim_lease_seconds, format_binproviders, parse_binproviders
+from machine.binaries import (
+    BINARY_REQUEST_EVENT,
+    claim_lease_seconds,
+    format_binproviders,
+    parse_binproviders,
+)
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.models import Binary
@@ -87,7 +92,9 @@ def queue(request: InstallRequest) -> list[Binary]:
     """The queued (or already installed) rows for the request, all written or none."""
     with transaction.atomic():
         return [
-            Binary.from_json({"name": name, "binproviders": request.binproviders, "overrides": request.overrides})
+            Binary.from_json(
+                {"name": name, "binproviders": request.binproviders, "overrides": request.overrides}
+            )
             for name in request.names
         ]
 
@@ -110,7 +117,9 @@ def install_one(binary: Binary) -> Binary:
     return binary
 
 
-def install(request: InstallRequest, progress: Callable[[str, Binary, float], None] | None = None) -> list[Binary]:
+def install(
+    request: InstallRequest, progress: Callable[[str, Binary, float], None] | None = None
+) -> list[Binary]:
     """Queue then install each binary in turn; `progress(event, binary, seconds)` for start/done."""
     results = []
     for binary in queue(request):

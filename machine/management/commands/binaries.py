@@ -14,7 +14,9 @@ class Command(BaseCommand):
     help = "List the binaries recorded for this machine, newest first."
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true", help="Print JSONL records only (default: %(default)r)")
+        parser.add_argument(
+            "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
+        )
 
     def handle(self, *, json: bool = False, **options):
         rows = Binary.objects.filter(machine=Machine.current()).order_by("name", "-modified_at")

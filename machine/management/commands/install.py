@@ -27,7 +27,9 @@ class Command(BaseCommand):
             default=None,
             help='JSON object keyed by provider, e.g. \'{"pip": {"install_args": ["cowsay==6.1"]}}\' (default: %(default)r)',
         )
-        parser.add_argument("--json", action="store_true", help="Print JSONL records only (default: %(default)r)")
+        parser.add_argument(
+            "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
+        )
 
     def handle(self, *, names, binproviders, overrides, json: bool = False, **options):
         try:
@@ -42,7 +44,9 @@ class Command(BaseCommand):
             else:
                 ok = binary.status == BinaryStatus.INSTALLED
                 mark = "ok  " if ok else "FAIL"
-                status.stop(f"{mark} {binary.name} {binary.version or ''} {binary.binprovider or ''} ({seconds:.1f}s)")
+                status.stop(
+                    f"{mark} {binary.name} {binary.version or ''} {binary.binprovider or ''} ({seconds:.1f}s)"
+                )
 
         try:
             results = installer.install(request, progress=progress)
@@ -55,7 +59,9 @@ class Command(BaseCommand):
             self.stdout.write(binaries_table(results))
         failed = [b.name for b in results if b.status != BinaryStatus.INSTALLED]
         if failed:
-            raise CommandError(f"not installed (still queued, retried later): {', '.join(failed)}", returncode=1)
+            raise CommandError(
+                f"not installed (still queued, retried later): {', '.join(failed)}", returncode=1
+            )
 
 
 def _dumps(record: dict) -> str:
