@@ -201,3 +201,12 @@ def test_retry_after_backoff_installs_and_counts_both_outcomes(lib_dir, marker_h
     binary = tick(binary)
     assert binary.status == "installed" and binary.retry_at is None
     assert (binary.num_uses_succeeded, binary.num_uses_failed, binary.health) == (1, 1, 50)
+
+
+@pytest.mark.slow
+def test_shell_syntax_in_pip_overrides_is_data_not_a_command(lib_dir, tmp_path):
+    pwned = tmp_path / "pwned"
+    overrides = {"pip": {"install_args": [f"cowsay==6.1; touch {pwned}", f"$(touch {pwned})"]}}
+    binary = tick(Binary.from_json({"name": "cowsay", "binproviders": "pip", "overrides": overrides}))
+    assert_failed_once_and_backing_off(binary)
+    assert not pwned.exists()
