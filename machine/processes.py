@@ -398,9 +398,9 @@ class ProcessMixin:
         copy(self.stdout_file, stdout)
         err_thread.join()
 
-    def run_attached(self, stdout=None, stderr=None) -> int | None:
+    def run_attached(self, stdout=None, stderr=None, cwd: str | None = None) -> int | None:
         """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
-        self.launch(background=True)
+        self.launch(background=True, cwd=cwd)
         if self.status != ProcessStatus.RUNNING:
             (stderr or sys.stderr).write(self.stderr)
             return self.exit_code
