@@ -411,6 +411,14 @@ def kill_tree(
     return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
 
 
+def known_exit_code(
+    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
+) -> int | None:
+    """Exit code of a child spawned here that has ended (reaping it if needed); no /proc access."""
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    return _poll_child(child) if child is not None else None
+
+
 def reap(
     pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
 ) -> int | None:

@@ -328,7 +328,16 @@ class ProcessMixin:
             if value is not None:
                 lines.append(f"export {key}={shlex.quote(str(value))}")
         lines.append(f"exec {shlex.join(self.cmd)}")
-        self.cmd_file.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        path = self.cmd_file
+        # Rewriting an unchanged file is not free: on ext4, truncating and rewriting a non-empty file
+        # flushes it on close (auto_da_alloc), a few ms per launch when a pwd is reused.
+        try:
+            if path.stat().st_size == len(text.encode()) and path.read_text() == text:
+                return
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        path.write_text(text)
 
     def _write_pid_file(self) -> None:
         path = self.pid_file
@@ -533,7 +542,8 @@ class ProcessMixin:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self._write_cmd_file(os.fspath(workdir))
         for path in (self.stdout_file, self.stderr_file):
-            path.write_bytes(b"")  # one run per row: start clean
+            with open(path, "ab") as log:
+                log.truncate(0)  # one run per row: start clean (and create the file)
         files = (self.stdout_file, self.stderr_file)
         spawned = process_utils.spawn(self.cmd, workdir, self._child_env(), *files)
         self.pid = spawned.pid
@@ -698,8 +708,12 @@ class ProcessMixin:
             tolerance = (
                 process_utils.EXACT_START_TOLERANCE if os_start is not None else cls.start_time_tolerance
             )
-            # Our own child that ended: keep its true exit code.
-            code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            # Our own child that ended: keep its true exit code. (A dead pid is not in live_pids,
+            # so only live ones, possibly our zombies, cost a look into /proc.)
+            if pid in live_pids:
+                code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            else:
+                code = process_utils.known_exit_code(pid, start, marker=marker or None, tolerance=tolerance)
             if code is not None:
                 stale.append(pk)
                 codes[pk] = code
