@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -327,7 +328,16 @@ class ProcessMixin:
             if value is not None:
                 lines.append(f"export {key}={shlex.quote(str(value))}")
         lines.append(f"exec {shlex.join(self.cmd)}")
-        self.cmd_file.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        path = self.cmd_file
+        # Rewriting an unchanged file is not free: on ext4, truncating and rewriting a non-empty file
+        # flushes it on close (auto_da_alloc), a few ms per launch when a pwd is reused.
+        try:
+            if path.stat().st_size == len(text.encode()) and path.read_text() == text:
+                return
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        path.write_text(text)
 
     def _write_pid_file(self) -> None:
         path = self.pid_file
@@ -374,6 +384,86 @@ class ProcessMixin:
 
     def pipe_stderr(self, lines: int = 10, follow: bool = True) -> None:
         self.pipe("stderr", lines, follow)
+
+    def stream_output(
+        self, stdout=None, stderr=None, *, deadline: float | None = None, poll_interval: float = 0.05
+    ) -> None:
+        """Copy both logs to stdout/stderr as they grow, until the process ends or `deadline` (monotonic)."""
+        stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+
+        def done() -> bool:
+            return not self.is_running or (deadline is not None and time.monotonic() >= deadline)
+
+        def copy(path: Path, out) -> None:
+            lines = process_utils.tail(
+                path, lines=sys.maxsize, follow=True, poll_interval=poll_interval, stop=done
+            )
+            for line in lines:
+                out.write(line + "\n")
+                out.flush()
+
+        err_thread = threading.Thread(target=copy, args=(self.stderr_file, stderr), daemon=True)
+        err_thread.start()
+        copy(self.stdout_file, stdout)
+        err_thread.join()
+
+    def run_attached(self, stdout=None, stderr=None, cwd: str | None = None) -> int | None:
+        """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
+        self.launch(background=True, cwd=cwd)
+        if self.status != ProcessStatus.RUNNING:
+            (stderr or sys.stderr).write(self.stderr)
+            return self.exit_code
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        try:
+            self.stream_output(stdout, stderr, deadline=deadline)
+        except BaseException:  # Ctrl-C: never leave the tree running behind us
+            self.kill_tree(graceful_timeout=0)
+            raise
+        if self.is_running:  # past the deadline
+            self.kill_tree(graceful_timeout=0)
+            self._finish(process_utils.EXIT_KILLED)
+            return self.exit_code
+        return self.wait(timeout=5)
+
+    @classmethod
+    def kill_by_reference(cls, *, row_id=None, pid: int | None = None, graceful_timeout: float = 5.0):
+        """Terminate the tree of the row named by id or OS pid; LookupError unless it is provably ours."""
+        if row_id is not None:
+            try:
+                process = cls._default_manager.filter(pk=row_id).first()
+            except (ValueError, TypeError, ValidationError):
+                process = None
+            if process is None:
+                raise LookupError(f"no process row with id {row_id!r}")
+        else:
+            process = cls._default_manager.get_by_pid(pid)
+            if process is None:
+                raise LookupError(
+                    f"refusing: pid {pid} is not a running process tracked on this machine "
+                    "(unknown, exited, or its pid was reused by another process)"
+                )
+        if process.status != ProcessStatus.RUNNING or not process.is_running:
+            raise LookupError(
+                f"refusing: pid {process.pid} of row {process.id} is not provably ours "
+                "(the process is gone or its pid now belongs to another process)"
+            )
+        killed = process.kill_tree(graceful_timeout=graceful_timeout)
+        return process, killed
+
+    @staticmethod
+    def format_table(rows: Iterable) -> str:
+        """A plain text table of processes: id, pid, type, status, started_at, cmd."""
+        header = ("ID", "PID", "TYPE", "STATUS", "STARTED", "CMD")
+        lines = [header]
+        for p in rows:
+            started = p.started_at.strftime("%Y-%m-%d %H:%M:%S") if p.started_at else "-"
+            cmd = shlex.join(str(a) for a in (p.cmd or []))
+            lines.append((str(p.id), str(p.pid or "-"), p.process_type, p.status, started, cmd[:80]))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+        return "\n".join(
+            "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:-1])) + "  " + row[-1]
+            for row in lines
+        )
 
     @classmethod
     def parse_records_from_text(cls, text: str) -> list[dict]:
@@ -452,29 +542,41 @@ class ProcessMixin:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self._write_cmd_file(os.fspath(workdir))
         for path in (self.stdout_file, self.stderr_file):
-            path.write_bytes(b"")  # one run per row: start clean
+            with open(path, "ab") as log:
+                log.truncate(0)  # one run per row: start clean (and create the file)
         files = (self.stdout_file, self.stderr_file)
-        env = self._child_env()
-        if background:
-            spawned = process_utils.spawn(self.cmd, workdir, env, *files)
-        else:
-            spawned = process_utils.run_foreground(
-                self.cmd, workdir, env, *files, timeout=self.timeout or None
-            )
+        spawned = process_utils.spawn(self.cmd, workdir, self._child_env(), *files)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time
         self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
-        if spawned.exit_code is not None:  # finished, timed out, or could not be executed
+        if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
             self._finish(spawned.exit_code)
             return self
         self.status = ProcessStatus.RUNNING
         self.exit_code = None
         self.ended_at = None
         self.retry_at = timezone.now()  # due: the next tick polls it
-        self._write_pid_file()
-        self.save()
+        if background:
+            self._write_pid_file()
+        self.save()  # visible (and findable by the child's own Process.current()) while it runs
+        if not background:
+            self._finish(self._wait_foreground())
         return self
+
+    def _wait_foreground(self) -> int | None:
+        """Wait for our child; past `timeout` its whole tree (escaped descendants too) dies: 137."""
+        pid, start, cmd, tolerance, marker = self._proven_args()
+        try:
+            return process_utils.wait(
+                pid, start, cmd, marker=marker, timeout=self.timeout or None, tolerance=tolerance
+            )
+        except TimeoutError:
+            process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
+            return process_utils.EXIT_KILLED
+        except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
+            process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
+            raise
 
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()
@@ -606,8 +708,12 @@ class ProcessMixin:
             tolerance = (
                 process_utils.EXACT_START_TOLERANCE if os_start is not None else cls.start_time_tolerance
             )
-            # Our own child that ended: keep its true exit code.
-            code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            # Our own child that ended: keep its true exit code. (A dead pid is not in live_pids,
+            # so only live ones, possibly our zombies, cost a look into /proc.)
+            if pid in live_pids:
+                code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            else:
+                code = process_utils.known_exit_code(pid, start, marker=marker or None, tolerance=tolerance)
             if code is not None:
                 stale.append(pk)
                 codes[pk] = code
@@ -672,7 +778,9 @@ class ProcessMixin:
         return stopped
 
     @classmethod
-    def cleanup_orphaned_chrome(cls, data_dir: str | os.PathLike | None = None) -> int:
+    def cleanup_orphaned_chrome(
+        cls, data_dir: str | os.PathLike | None = None, min_age: float = CHROME_PID_FILE_MIN_AGE
+    ) -> int:
         """Kill browser trees named by stale `chrome*/*.pid` files under DATA_DIR; return how many died.
 
         A pid file's mtime is its process's start time: a live process whose start time, pid and
@@ -682,7 +790,7 @@ class ProcessMixin:
         if not root.is_dir():
             return 0
         killed = 0
-        cutoff = time.time() - CHROME_PID_FILE_MIN_AGE
+        cutoff = time.time() - min_age
         for pid_file in root.rglob("*.pid"):
             if "chrom" not in pid_file.parent.name.lower() and "chrom" not in pid_file.name.lower():
                 continue
