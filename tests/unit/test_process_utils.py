@@ -485,3 +485,11 @@ def test_redact_env():
     }  # fmt: skip
     assert env["API_KEY"] == "abc"  # a copy
     assert pu.marker_from_env(redacted) == "a" * 32 and pu.marker_from_env({}) is None
+
+
+def test_known_exit_code_comes_from_the_registry_only(spawn):
+    sp = spawn(["sh", "-c", "exit 7"])
+    assert pu.wait(sp.pid, sp.start_time, marker=sp.marker, timeout=5) == 7
+    assert pu.known_exit_code(sp.pid, sp.start_time, marker=sp.marker, tolerance=EXACT) == 7
+    assert pu.known_exit_code(sp.pid, sp.start_time, marker="b" * 32, tolerance=EXACT) is None
+    assert pu.known_exit_code(os.getpid(), pu.get_start_time(os.getpid()), tolerance=EXACT) is None
