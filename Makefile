@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test install lint migrate machine admin bench clean
+.PHONY: run worker test install lint migrate machine admin bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ install: $(VENV)/.installed
 migrate: install
 	$(PY) manage.py migrate --no-input -v 0
 
-## Main job: set up, migrate the embedded SQLite DB, register this machine, show it.
+## Main job: set up, migrate the embedded SQLite DB, register this machine and interface, install the
+## binaries of demo/manifest.json, run demo processes with the workers until idle, print a summary.
 run: migrate
-	$(PY) manage.py machine
+	$(PY) manage.py quickstart
+
+## The runner on its own: drive every queue until stopped (Ctrl-C stops it cleanly).
+worker: migrate
+	$(PY) manage.py runworker --progress
 
 machine: migrate
 	$(PY) manage.py machine
@@ -35,6 +40,8 @@ lint: install
 
 bench: migrate
 	$(PY) bench/bench_machine.py
+	$(PY) bench/bench_claims.py
+	$(PY) bench/bench_drain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -124,7 +124,8 @@ def quickstart(manifest: Manifest, *, workers: int, stream: TextIO, show_progres
 
     binaries, result.reused = queue_binaries(manifest, machine)
     stream.write(f"[1/2] binaries: {len(binaries)} in the manifest, {len(result.reused)} already installed\n")
-    result.exit_code = run_queue(("machine.Binary",), workers, stream, show_progress)
+    if len(result.reused) < len(binaries):  # nothing to install: no need to start the workers
+        result.exit_code = run_queue(("machine.Binary",), workers, stream, show_progress)
     result.binaries = [Binary.objects.get(pk=b.pk) for b in binaries if b is not None]
 
     run_dir = machine_settings.data_dir / "quickstart" / time.strftime("%Y%m%d-%H%M%S") / str(os.getpid())
