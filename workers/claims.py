@@ -61,6 +61,7 @@ def sqlite_claim_lock(connection):
 
 
 def _claim_sql(model, *, state_field, retry_field, final_states, now, until, limit, extra_where, returning):
+    """One UPDATE that claims up to `limit` due rows and returns `returning` of each."""
     candidates = model._default_manager.filter(**{f"{retry_field}__lte": now}).exclude(
         **{f"{state_field}__in": final_states}
     )
@@ -69,11 +70,14 @@ def _claim_sql(model, *, state_field, retry_field, final_states, now, until, lim
     candidates = candidates.order_by(retry_field).values("pk")[:limit]
     alias = model._default_manager.db
     connection = connections[alias]
-    if connection.vendor == "postgresql":
-        candidates = candidates.select_for_update(skip_locked=True)
     table, pk, _state, retry = _sql_names(model, state_field, retry_field)
     field = model._meta.get_field(retry_field)
     inner_sql, inner_params = candidates.query.get_compiler(using=alias).as_sql()
+    if connection.vendor == "postgresql":
+        # Concurrent claimers skip each other's candidate rows instead of queueing behind them.
+        # (Appended by hand: Django only compiles select_for_update() inside atomic(), and one
+        # statement in autocommit needs no BEGIN/COMMIT round trips.)
+        inner_sql += " FOR UPDATE SKIP LOCKED"
     # retry_at <= now is re-checked in the outer statement: on SQLite the subquery and the update
     # run under one write lock, on PostgreSQL the locked rows are re-read after the lock is taken.
     sql = (
@@ -104,12 +108,12 @@ def claim_due_rows(
     alias = model._default_manager.db
     connection = connections[alias]
     _t, pk, _s, _r = _sql_names(model, state_field, retry_field)
-    # select_for_update() may only be compiled inside a transaction.
-    with sqlite_claim_lock(connection), transaction.atomic(using=alias):
-        sql, params = _claim_sql(
-            model, state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
-            until=until, limit=limit, extra_where=extra_where, returning=pk,
-        )  # fmt: skip
+    sql, params = _claim_sql(
+        model, state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
+        until=until, limit=limit, extra_where=extra_where, returning=pk,
+    )  # fmt: skip
+    # One statement: atomic on its own (autocommit), or part of the caller's transaction.
+    with sqlite_claim_lock(connection):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
@@ -139,11 +143,9 @@ def claim_due_instances(
         state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
         until=until, limit=limit, extra_where=extra_where, returning=returning,
     )  # fmt: skip
-    # Keep the locked part short: on SQLite compile first (BEGIN IMMEDIATE takes the write lock);
-    # PostgreSQL can only compile FOR UPDATE inside the transaction.
-    sql_params = None if connection.vendor == "postgresql" else _claim_sql(model, **options)
-    with sqlite_claim_lock(connection), transaction.atomic(using=alias):
-        sql, params = sql_params or _claim_sql(model, **options)
+    sql, params = _claim_sql(model, **options)
+    # One statement: atomic on its own (autocommit), or part of the caller's transaction.
+    with sqlite_claim_lock(connection):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             raw_rows = cursor.fetchall()

@@ -37,7 +37,7 @@ import psutil
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist
-from django.db import close_old_connections, connections, models
+from django.db import connections, models
 from django.utils import timezone
 
 from machine import process_utils
@@ -130,6 +130,26 @@ def claim_filter(model: type[models.Model]) -> models.Q | None:
     if getattr(field_, "related_model", None) is not Machine:
         return None
     return models.Q(machine=Machine.current())
+
+
+def launcher_affinity(model: type[models.Model], lock: float) -> models.Q | None:
+    """For Process rows: a RUNNING row is polled by the worker that launched it (its child).
+
+    Only the parent can reap a child and learn its true exit code, so a worker takes a RUNNING
+    Process only if the pid is its own child, or if nobody polled the row for a whole claim (its
+    launcher is gone). Queued rows are anyone's.
+    """
+    from machine.models import Process
+
+    if not issubclass(model, Process):
+        return None
+    own_children = [child.pid for child in psutil.Process().children()]
+    abandoned_before = timezone.now() - timedelta(seconds=lock)
+    return (
+        ~models.Q(status=Process.StatusChoices.RUNNING)
+        | models.Q(pid__in=own_children)
+        | models.Q(retry_at__lt=abandoned_before)
+    )
 
 
 def lock_seconds_for(model: type[ModelWithStateMachine], default: float) -> float:
@@ -254,7 +274,7 @@ class Worker:
                 logger.warning("worker %d: orchestrator is gone, stopping", os.getpid())
                 self._stop_deadline = time.monotonic() + self.options.grace
                 return
-            close_old_connections()
+            _drop_broken_connection()
             worked = self._tick_follow_ups()
             for model in self.models:
                 if self._stop.is_set():
@@ -303,7 +323,11 @@ class Worker:
 
     def _work_one_batch(self, model: type[ModelWithStateMachine]) -> int:
         lock = lock_seconds_for(model, self.options.lock_seconds)
-        rows = model.claim_batch(limit=self.options.batch, lock_seconds=lock, filters=claim_filter(model))
+        filters = claim_filter(model)
+        affinity = launcher_affinity(model, lock)
+        if affinity is not None:
+            filters = affinity if filters is None else filters & affinity
+        rows = model.claim_batch(limit=self.options.batch, lock_seconds=lock, filters=filters)
         if not rows:
             return 0
         retry_attr = model.retry_at_field_name
@@ -435,6 +459,14 @@ class Worker:
             )
         if self._follow and not immediate:
             self._tick_follow_ups(everything=True)
+
+
+def _drop_broken_connection() -> None:
+    """Reconnect after a database error; unlike close_old_connections() keep a healthy connection
+    (with CONN_MAX_AGE = 0 that would reconnect on every round of the loop)."""
+    connection = connections["default"]
+    if connection.connection is not None and connection.errors_occurred and not connection.is_usable():
+        connection.close()
 
 
 def _live_children() -> list[psutil.Process]:

@@ -34,11 +34,16 @@ class RunnerProcess:
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            for proc in [psutil.Process(self.pid), *_descendants(self.pid)]:
-                proc.send_signal(signal.SIGUSR1)  # runworker dumps its threads' stacks
+            tree = [psutil.Process(self.pid), *_descendants(self.pid)]
+            listing = "\n".join(_describe(proc) for proc in tree)
+            for proc in tree:
+                try:
+                    proc.send_signal(signal.SIGUSR1)  # runworker dumps its threads' stacks
+                except psutil.Error:
+                    pass
             time.sleep(1)
             raise AssertionError(
-                f"runworker still running after {timeout}s:\n{self.output()[-6000:]}"
+                f"runworker still running after {timeout}s; tree:\n{listing}\n{self.output()[-12000:]}"
             ) from None
 
     def signal(self, sig: int) -> None:
@@ -54,6 +59,13 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} ppid={proc.ppid()} {proc.status()} {' '.join(proc.cmdline())[:150]}"
+    except psutil.Error as exc:
+        return f"{proc.pid} {exc!r}"
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
