@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROWS = 1000
-BATCH = 10
+BATCH = int(os.environ.get("BENCH_BATCH", "10"))
 WORKER_COUNTS = (1, 2, 4)
 START_DELAY = 3.0  # seconds for the children to import Django and connect before the start line
 #: Rounds per configuration; the median round is reported (the host may be shared and noisy).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from machine.models import Machine, Process
+from machine.models import Binary, Machine, Process
 from tests.exampleapp.models import Effect, Task
 from tests.runner.factories import make_tasks
 
@@ -22,6 +22,7 @@ def test_each_runner_works_only_on_the_rows_of_its_own_machine(start_runner, tmp
     hosts = {guid: Machine.objects.create(guid=guid, hostname=guid) for guid in ("host-a", "host-b")}
     for guid, machine in hosts.items():
         make_tasks(40, work_seconds=0.01, machine=machine, prefix=guid)
+        Binary.objects.create(machine=machine, name="sh", binproviders="env")
         for i in range(3):
             pwd = tmp_path / guid / str(i)  # a process's log files live in its pwd
             pwd.mkdir(parents=True)
@@ -49,7 +50,12 @@ def test_each_runner_works_only_on_the_rows_of_its_own_machine(start_runner, tmp
         assert set(tasks.values_list("attempts", flat=True)) == {1}
         assert set(Effect.objects.filter(task__machine=machine).values_list("pid", flat=True)) <= worker_pids
         # Every queued process of this machine was launched by this machine's runner.
-        launched = own_rows.exclude(process_type__in=["orchestrator", "worker"])
+        launched = own_rows.exclude(process_type__in=["orchestrator", "worker", "hook"])
         assert launched.count() == 3
         for process in launched:
             assert (process.status, process.exit_code, process.stdout.strip()) == ("exited", 0, guid)
+        # This machine's binary was installed by this machine's runner: its provider hook ran here.
+        binary = Binary.objects.get(machine=machine, name="sh")
+        assert (binary.status, binary.binprovider) == ("installed", "env")
+        hooks = list(binary.hook_processes())
+        assert hooks and {hook.machine_id for hook in hooks} == {machine.pk}
