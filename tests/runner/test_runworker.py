@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import time
+from datetime import timedelta
 
 import psutil
 import pytest
@@ -65,6 +68,20 @@ def test_a_claim_is_renewed_while_a_long_tick_runs(start_runner):
     (task,) = make_tasks(1, work_seconds=3.0)
 
     runner = start_runner("--workers=2", "--until-idle", "--lock-seconds=1", "--poll=0.05", "--heartbeat=0.1")
+    wait_for(lambda: Task.objects.filter(attempts=1).exists(), 30, "the tick to start")
+    wait_for(lambda: runner_rows().filter(process_type="worker").count() == 2, 10, "both workers")
+    # The busy worker's row beats while it works (modified_at moves on, status stays running).
+    first_beats = dict(runner_rows().filter(process_type="worker").values_list("pk", "modified_at"))
+    busy = wait_for(
+        lambda: [
+            row
+            for row in runner_rows().filter(process_type="worker", status="running")
+            if row.modified_at > first_beats[row.pk] + timedelta(milliseconds=500)
+        ],
+        5,
+        "heartbeats",
+    )
+    assert busy
     assert runner.wait(60) == 0, runner.output()
 
     task.refresh_from_db()
@@ -78,6 +95,12 @@ def test_sigterm_lets_the_tick_in_flight_finish_and_hands_the_rest_back(start_ru
 
     runner = start_runner("--workers=1", "--batch=10", "--grace=20", "--poll=0.1")
     wait_for(lambda: Task.objects.filter(attempts=1).exists(), 30, "a tick to start")
+    # `ps` shows the runner while it works: the orchestrator and its worker, parent-linked.
+    out = io.StringIO()
+    call_command("ps", "--json", stdout=out)
+    shown = {r["process_type"]: r for r in map(json.loads, out.getvalue().splitlines())}
+    assert shown["orchestrator"]["pid"] == runner.pid
+    assert shown["worker"]["parent_id"] == shown["orchestrator"]["id"]
     runner.signal(signal.SIGTERM)
     assert runner.wait(30) == 0, runner.output()
 
