@@ -44,8 +44,10 @@ def alive(pid: int) -> bool:
 
 def test_four_workers_tick_every_row_exactly_once_and_register_themselves(start_runner):
     make_tasks(300, work_seconds=0.002)
+    # Due once all four workers are up, so they race for the same rows.
+    Task.objects.update(retry_at=timezone.now() + timedelta(seconds=4))
 
-    runner = start_runner("--workers=4", "--until-idle", "--batch=5", "--poll=0.1")
+    runner = start_runner("--workers=4", "--until-idle", "--batch=5", "--poll=0.05")
     assert runner.wait(90) == 0, runner.output()
 
     assert set(Task.objects.values_list("status", flat=True)) == {"done"}
