@@ -234,8 +234,9 @@ def proven_process(
 ) -> psutil.Process | None:
     """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
 
-    A marker visible in the environ settles identity, so the start time then only has to be within
-    START_TIME_TOLERANCE (a wall-clock step moves every create_time); another launch's marker refuses.
+    With a marker, a readable environ must carry it (a recycled pid does not, even on the same start
+    tick with the same command); once seen it settles identity, so the start time then only has to be
+    within START_TIME_TOLERANCE (a wall-clock step moves every create_time).
     """
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None
@@ -243,8 +244,12 @@ def proven_process(
     if child is not None and _poll_child(child) is not None:
         return None  # our child has exited: whatever holds the pid now is someone else
     if marker is not None:
-        own = (_read_markers(pid) or (None, set()))[0]
-        if own is not None and own != marker:
+        markers = _read_markers(pid)
+        own = markers[0] if markers is not None else None
+        # Every process launched with a marker starts with it in its environ, so a readable environ
+        # without it (or with another launch's) is a recycled pid, even on the same start tick with
+        # the same command line. Only an unreadable environ leaves start time and command to decide.
+        if markers is not None and own != marker:
             return None
         if own == marker:
             tolerance = max(tolerance, START_TIME_TOLERANCE)
@@ -407,6 +412,14 @@ def kill_tree(
     return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
 
 
+def known_exit_code(
+    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
+) -> int | None:
+    """Exit code of a child spawned here that has ended (reaping it if needed); no /proc access."""
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    return _poll_child(child) if child is not None else None
+
+
 def reap(
     pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
 ) -> int | None:
@@ -487,6 +500,26 @@ def _open_log(path: StrPath):
     return open(path, "ab")
 
 
+def _wait_exec_visible(popen: subprocess.Popen, timeout: float = 1.0) -> None:
+    # Popen returns once execve() has closed its error pipe, but the new image's argv/environ pages
+    # are mapped a moment later: until then /proc/<pid>/cmdline and environ read empty, and an
+    # identity check (command, marker) made right away would wrongly refuse our own child.
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{popen.pid}/cmdline", "rb") as f:
+                if f.read(1):
+                    return
+            with open(f"/proc/{popen.pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    return  # already exited (not reaped here: its status stays with the registry)
+        except (OSError, IndexError):
+            return  # no procfs (or gone): nothing to wait for
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
 def spawn(
     cmd: Sequence[str],
     cwd: StrPath = None,
@@ -532,6 +565,7 @@ def spawn(
     except ProcessLookupError:
         pidfd = None
     start_time = get_start_time(popen.pid) or time.time()  # (an unreaped child always has one)
+    _wait_exec_visible(popen)
     _register(_Child(popen.pid, start_time, marker, popen, pidfd))
     return Spawned(pid=popen.pid, start_time=start_time, marker=marker, pidfd=pidfd, popen=popen)
 
