@@ -55,7 +55,8 @@ def wait_until(predicate, timeout=5.0, message="condition"):
 
 
 def wait_for_pidfile(path: Path) -> int:
-    wait_until(path.exists, message=f"{path}")
+    # `echo $! > file` creates the file before it writes the pid (in one write): wait for content.
+    wait_until(lambda: path.exists() and path.read_text().strip() != "", message=f"{path}")
     return int(path.read_text())
 
 
