@@ -578,6 +578,15 @@ class ProcessMixin:
             process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
             raise
 
+    def record_launch_failure(self, message: str) -> None:
+        """Record that this row could not be launched: EXITED, exit code 126, the reason in stderr."""
+        self.exit_code = process_utils.EXIT_NOT_EXECUTABLE
+        self.stderr = f"cannot launch: {message}\n"
+        self.status = ProcessStatus.EXITED
+        self.ended_at = timezone.now()
+        self.retry_at = None
+        self.save()
+
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()
         return pid, start, self.cmd or None, tolerance, self.launch_marker or None
