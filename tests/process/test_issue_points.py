@@ -465,3 +465,14 @@ def test_get_by_pid_is_one_indexed_query(django_assert_num_queries):
     _stale_rows(50)
     with django_assert_num_queries(1):
         assert Process.objects.get_by_pid(os.getpid()) == me
+
+
+def test_get_by_pid_query_uses_the_machine_pid_status_index():
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's planner may prefer a sequential scan on a tiny test table")
+    _stale_rows(200)
+    machine = Machine.current()
+    plan = Process.objects.filter(
+        machine_id=machine.pk, pid=os.getpid(), status=ProcessStatus.RUNNING
+    ).explain()
+    assert "USING INDEX" in plan and "(machine_id=? AND pid=? AND status=?)" in plan, plan
