@@ -63,10 +63,14 @@ class ProcessMachine(BaseStateMachine):
         return bool(self.process.cmd and self.process.machine_id)
 
     def is_exited(self) -> bool:
-        """Poll the OS first; True once an exit code is recorded."""
+        """Poll the OS first; True once an exit code is recorded, or the process is gone.
+
+        A process this worker did not launch (e.g. launched by a worker that restarted) leaves no
+        exit status to us: poll() records it exited with exit_code None (unknown, not a guessed 0).
+        """
         if self.process.exit_code is None:
             self.process.poll()
-        return self.process.exit_code is not None
+        return self.process.exit_code is not None or self.process.status == ProcessStatus.EXITED
 
     def on_launch(self) -> None:
         """Spawn the command in the background (pid, exact start time, launch marker recorded).

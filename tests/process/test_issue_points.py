@@ -270,6 +270,18 @@ def test_process_machine_picks_up_a_row_in_a_fresh_instance(make_process):
     assert (row.status, row.exit_code) == (ProcessStatus.EXITED, 4)
 
 
+def test_process_machine_closes_a_row_whose_foreign_process_is_gone(popen):
+    done = popen(["sleep", "30"])
+    row = _foreign_row(done, ["sleep", "30"], marker="foreign-launch-marker")
+    Process.objects.filter(pk=row.pk).update(retry_at=timezone.now())
+    done.kill()
+    done.wait()
+    row = Process.objects.get(pk=row.pk)
+    row.sm.tick()
+    row = Process.objects.get(pk=row.pk)
+    assert (row.status, row.exit_code) == (ProcessStatus.EXITED, None)  # unknown, not a guessed 0
+
+
 def test_process_machine_kill_event_ends_the_tree(make_process):
     process = make_process(["sleep", "30"])
     process.save()
