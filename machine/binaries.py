@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from django.utils.functional import classproperty
 
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
@@ -349,6 +350,11 @@ class BinaryMixin:
         return parse_binproviders(self.binproviders)
 
     # -- the install run -----------------------------------------------------------------------
+
+    @classproperty
+    def claim_seconds(cls) -> int:
+        """The lease a runner should take on a Binary (workers.runner reads `claim_seconds`)."""
+        return claim_lease_seconds()
 
     @classmethod
     def claim_for_worker(cls, obj, lock_seconds: int = 60) -> bool:
