@@ -65,6 +65,15 @@ def test_from_json_hook_output_fills_the_queued_request_row():
     assert Binary.objects.count() == 1
 
 
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "x\\y", "nul\0"])
+def test_from_json_refuses_names_that_are_paths(name):
+    assert Binary.from_json({"name": name, "binproviders": "env"}) is None
+    assert Binary.from_json({"name": name, "abspath": "/bin/sh", "version": "1"}) is None
+    with pytest.raises(ValueError, match="invalid binary name"):
+        Binary.objects.get_from_db_or_cache(name)
+    assert Binary.objects.count() == 0
+
+
 @pytest.mark.parametrize(
     "record", [{}, {"name": ""}, {"binproviders": "env"}, {"name": "x"}, "not a dict", None]
 )
