@@ -408,6 +408,7 @@ class BinaryMixin:
         """
         deadline = time.monotonic() + install_budget_seconds()
         config = {"LIB_DIR": str(machine_settings.lib_dir)}
+        parent = self._parent_process()
         for hook in self.provider_hooks():
             remaining = deadline - time.monotonic()
             if remaining < 1:
@@ -415,7 +416,12 @@ class BinaryMixin:
                 break
             try:
                 process = run_hook(
-                    hook, self.output_dir, config=config, timeout=int(remaining), **self._hook_kwargs()
+                    hook,
+                    self.output_dir,
+                    config=config,
+                    timeout=int(remaining),
+                    parent=parent,
+                    **self._hook_kwargs(),
                 )
             except Exception:  # a bad hook must cost one failed attempt, not the worker
                 logger.exception("could not run %s for %s", hook, self.name)
@@ -488,11 +494,21 @@ class BinaryMixin:
             setattr(self, field, value)
         self.increment_health_stats(False)
 
+    @classmethod
+    def _process_model(cls):
+        return cls._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
+
+    def _parent_process(self):
+        """This process's own Process row, the parent of the hook runs (None if it cannot be had)."""
+        try:
+            return self._process_model().current()
+        except Exception:  # bookkeeping only: an install must not fail because of it
+            logger.exception("no Process row for the installing process")
+            return None
+
     def hook_processes(self) -> models.QuerySet:
         """The hook Process rows run for this binary (they run in its output_dir), oldest first."""
-        process_model = (
-            self._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
-        )
+        process_model = self._process_model()
         # By the id at the end of the path, so rows written under another DATA_DIR still count.
         suffix = f"/binaries/{self.name}/{self.id}"
         return process_model._default_manager.filter(process_type="hook", pwd__endswith=suffix).order_by(
