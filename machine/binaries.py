@@ -233,6 +233,8 @@ class BinaryMixin:
             return None
         abspath = str(record.get("abspath") or "").strip()
         version = str(record.get("version") or "").strip()
+        if len(abspath) > cls._meta.get_field("abspath").max_length:
+            return None  # a path the row cannot hold whole: refused rather than cut
         has_request = record.get("binproviders") is not None or record.get("overrides") is not None
         if not (abspath and version) and not has_request:
             return None

@@ -66,7 +66,8 @@ def test_from_json_hook_output_fills_the_queued_request_row():
 
 
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "x\\y", "nul\0"])
-def test_from_json_refuses_names_that_are_paths(name):
+def test_from_json_refuses_names_that_are_paths_and_overlong_paths(name):
+    assert Binary.from_json({"name": "ok", "abspath": "/x" * 200, "version": "1"}) is None
     assert Binary.from_json({"name": name, "binproviders": "env"}) is None
     assert Binary.from_json({"name": name, "abspath": "/bin/sh", "version": "1"}) is None
     with pytest.raises(ValueError, match="invalid binary name"):
