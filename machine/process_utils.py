@@ -234,8 +234,9 @@ def proven_process(
 ) -> psutil.Process | None:
     """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
 
-    A marker visible in the environ settles identity, so the start time then only has to be within
-    START_TIME_TOLERANCE (a wall-clock step moves every create_time); another launch's marker refuses.
+    With a marker, a readable environ must carry it (a recycled pid does not, even on the same start
+    tick with the same command); once seen it settles identity, so the start time then only has to be
+    within START_TIME_TOLERANCE (a wall-clock step moves every create_time).
     """
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None
