@@ -21,6 +21,7 @@ from uuid6 import uuid7
 
 from base_models.models import ModelWithHealthStats
 from machine import process_utils
+from machine.binaries import BinaryManagerMixin, BinaryMixin
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
@@ -337,11 +338,32 @@ class NetworkInterface(ModelWithHealthStats):
         }
 
 
-class BinaryManager(models.Manager):
+def _cached_binary(name: str, machine: Machine, facts: dict[str, str]) -> Binary | None:
+    """The `_CURRENT_BINARIES` entry for `name` if still fresh, of this machine, matching `facts` and not deleted."""
+    cached = _CURRENT_BINARIES.get(name)
+    if cached is None or cached.machine_id != machine.pk or not _is_fresh(cached, BINARY_RECHECK_INTERVAL):
+        return None
+    if any(value and getattr(cached, field) != value for field, value in facts.items()):
+        return None
+    if not Binary.objects.filter(pk=cached.pk).exists():
+        _CURRENT_BINARIES.pop(name, None)
+        return None
+    return cached
+
+
+class BinaryManager(BinaryManagerMixin, models.Manager):
     def get_from_db_or_cache(
         self, name: str, abspath: str = "", version: str = "", sha256: str = "", binprovider: str = "env"
     ) -> Binary:
-        raise NotImplementedError  # filled in by the Binary issue
+        """The row for this binary on this machine: from `_CURRENT_BINARIES` while fresh, else get-or-create."""
+        machine = Machine.current()
+        facts = {"abspath": abspath, "version": version, "sha256": sha256}
+        cached = _cached_binary(name, machine, facts)
+        if cached is not None:
+            return cached
+        binary = self.record_binary(machine, name, binprovider=binprovider, **facts)
+        _CURRENT_BINARIES[name] = binary
+        return binary
 
     def get_valid_binary(self, name: str, machine: Machine | None = None) -> Binary | None:
         """Newest row named `name` (case-insensitive) on the machine with an abspath, or None."""
@@ -354,7 +376,7 @@ class BinaryManager(models.Manager):
         )
 
 
-class Binary(ModelWithHealthStats, ModelWithStateMachine):
+class Binary(BinaryMixin, ModelWithHealthStats, ModelWithStateMachine):
     """A binary on one machine: queued until a provider hook finds or installs it."""
 
     StatusChoices = BinaryStatus
