@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
+import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil  # noqa: F401  (part of the contract: tests patch machine.models.psutil)
+import psutil  # (part of the contract: tests patch machine.models.psutil)
 from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from uuid6 import uuid7
 
 from base_models.models import ModelWithHealthStats
+from machine import process_utils
+from machine.binaries import BinaryManagerMixin, BinaryMixin
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
+from machine.processes import ProcessMixin, ProcessQuerySet, RedactedEnvField
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -333,11 +339,32 @@ class NetworkInterface(ModelWithHealthStats):
         }
 
 
-class BinaryManager(models.Manager):
+def _cached_binary(name: str, machine: Machine, facts: dict[str, str]) -> Binary | None:
+    """The `_CURRENT_BINARIES` entry for `name` if still fresh, of this machine, matching `facts` and not deleted."""
+    cached = _CURRENT_BINARIES.get(name)
+    if cached is None or cached.machine_id != machine.pk or not _is_fresh(cached, BINARY_RECHECK_INTERVAL):
+        return None
+    if any(value and getattr(cached, field) != value for field, value in facts.items()):
+        return None
+    if not Binary.objects.filter(pk=cached.pk).exists():
+        _CURRENT_BINARIES.pop(name, None)
+        return None
+    return cached
+
+
+class BinaryManager(BinaryManagerMixin, models.Manager):
     def get_from_db_or_cache(
         self, name: str, abspath: str = "", version: str = "", sha256: str = "", binprovider: str = "env"
     ) -> Binary:
-        raise NotImplementedError  # filled in by the Binary issue
+        """The row for this binary on this machine: from `_CURRENT_BINARIES` while fresh, else get-or-create."""
+        machine = Machine.current()
+        facts = {"abspath": abspath, "version": version, "sha256": sha256}
+        cached = _cached_binary(name, machine, facts)
+        if cached is not None:
+            return cached
+        binary = self.record_binary(machine, name, binprovider=binprovider, **facts)
+        _CURRENT_BINARIES[name] = binary
+        return binary
 
     def get_valid_binary(self, name: str, machine: Machine | None = None) -> Binary | None:
         """Newest row named `name` (case-insensitive) on the machine with an abspath, or None."""
@@ -350,7 +377,7 @@ class BinaryManager(models.Manager):
         )
 
 
-class Binary(ModelWithHealthStats, ModelWithStateMachine):
+class Binary(BinaryMixin, ModelWithHealthStats, ModelWithStateMachine):
     """A binary on one machine: queued until a provider hook finds or installs it."""
 
     StatusChoices = BinaryStatus
@@ -410,12 +437,44 @@ class Binary(ModelWithHealthStats, ModelWithStateMachine):
         )
 
 
-class ProcessManager(models.Manager):
+class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
     def current(self) -> Process:
         return Process.current()
 
+    def get_by_pid(self, pid: int, machine: Machine | None = None) -> Process | None:
+        """The RUNNING row of this pid on the machine whose start time matches the OS process's; else None.
 
-class Process(ModelWithStateMachine):
+        One indexed query (machine, pid, status). Rows with the exact OS start time must match it to
+        the clock tick; older rows (no os_start_time) must be inside PID_REUSE_WINDOW and match
+        `started_at` within START_TIME_TOLERANCE. A zombie or a recycled pid matches nothing.
+        """
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            return None
+        machine = machine or Machine.current()
+        os_start = process_utils.get_start_time(pid)
+        if os_start is None:
+            return None
+        window_start = timezone.now() - PID_REUSE_WINDOW
+        candidates = (
+            self.filter(machine=machine, pid=pid, status=ProcessStatus.RUNNING)
+            .filter(Q(os_start_time__isnull=False) | Q(started_at__gte=window_start))
+            .defer("stdout", "stderr")
+            .order_by("-started_at")
+        )
+        for row in candidates:
+            expected, tolerance = (
+                (row.os_start_time, process_utils.EXACT_START_TOLERANCE)
+                if row.os_start_time is not None
+                else (row.started_at.timestamp() if row.started_at else None, START_TIME_TOLERANCE)
+            )
+            if expected is None or abs(expected - os_start) > tolerance:
+                continue
+            if process_utils.is_alive(pid, expected, None, tolerance, marker=row.launch_marker or None):
+                return row
+        return None
+
+
+class Process(ProcessMixin, ModelWithStateMachine):
     """One OS process: launched by us (queued -> running -> exited) or registered by itself."""
 
     StatusChoices = ProcessStatus
@@ -436,7 +495,7 @@ class Process(ModelWithStateMachine):
 
     pwd = models.CharField(max_length=512, default="", blank=True)
     cmd = models.JSONField(default=list, blank=True)
-    env = models.JSONField(default=dict, blank=True, help_text="Environment, with secret values redacted.")
+    env = RedactedEnvField(default=dict, blank=True, help_text="Environment, with secret values redacted.")
     timeout = models.IntegerField(default=120, help_text="Seconds.")
 
     pid = models.IntegerField(null=True, blank=True, db_index=True)
@@ -472,8 +531,100 @@ class Process(ModelWithStateMachine):
             models.Index(fields=["machine", "pid", "status"]),
         ]
 
+    start_time_tolerance = START_TIME_TOLERANCE
+    pid_reuse_window = PID_REUSE_WINDOW
+    timeout_grace = PROCESS_TIMEOUT_GRACE
+
     def __str__(self) -> str:
         return f"Process[{self.id}] {' '.join(map(str, self.cmd or []))[:60]} ({self.status})"
+
+    @classmethod
+    def current(cls) -> Process:
+        """The RUNNING row of this OS process: created once, then served from `_CURRENT_PROCESS`.
+
+        Warm calls make no query. Every PROCESS_RECHECK_INTERVAL the row is confirmed with one
+        UPDATE (which also re-opens it if something closed it while we are alive); only a deleted
+        row, a fork (new pid) or another machine identity make a new lookup. No files are written.
+        """
+        global _CURRENT_PROCESS
+        pid = os.getpid()
+        machine = Machine.current()
+        cached = _CURRENT_PROCESS
+        if cached is not None and cached.pid == pid and cached.machine_id == machine.pk:
+            if time.monotonic() - cached.__dict__.get("_checked_at", 0.0) < PROCESS_RECHECK_INTERVAL:
+                return cached
+            if cls._touch_current(cached):
+                return cached
+        with transaction.atomic():
+            process = cls.objects.get_by_pid(pid, machine) or cls._register_current(pid, machine)
+        if process.os_start_time is None:
+            process.os_start_time = process_utils.get_start_time(pid)
+            cls.objects.filter(pk=process.pk).update(os_start_time=process.os_start_time)
+        process.__dict__["_checked_at"] = time.monotonic()
+        _CURRENT_PROCESS = process
+        return process
+
+    @classmethod
+    def _touch_current(cls, cached: Process) -> bool:
+        now = timezone.now()
+        updated = cls.objects.filter(pk=cached.pk).update(
+            status=ProcessStatus.RUNNING, ended_at=None, modified_at=now
+        )
+        if updated:
+            cached.status, cached.ended_at, cached.modified_at = ProcessStatus.RUNNING, None, now
+            cached.__dict__["_checked_at"] = time.monotonic()
+        return bool(updated)
+
+    @classmethod
+    def _register_current(cls, pid: int, machine: Machine) -> Process:
+        start = process_utils.get_start_time(pid)
+        try:
+            proc = psutil.Process(pid)
+            cmd, pwd = proc.cmdline(), proc.cwd()
+        except psutil.Error:
+            cmd, pwd = list(sys.argv), ""
+        return cls.objects.create(
+            machine=machine,
+            parent=cls._find_parent_process(machine),
+            process_type=cls._detect_process_type(),
+            cmd=cmd,
+            pwd=pwd,
+            pid=pid,
+            os_start_time=start,
+            started_at=datetime.fromtimestamp(start, tz=UTC) if start else timezone.now(),
+            status=ProcessStatus.RUNNING,
+            retry_at=None,  # registered, not queued: no worker should tick it
+            iface=NetworkInterface.current(),
+        )
+
+    @classmethod
+    def _find_parent_process(cls, machine: Machine | None = None) -> Process | None:
+        """Our parent's RUNNING row, validated like get_by_pid (None when the parent is not tracked)."""
+        ppid = os.getppid()
+        if ppid <= 1:
+            return None
+        return cls.objects.get_by_pid(ppid, machine or Machine.current())
+
+    @classmethod
+    def _detect_process_type(cls) -> str:
+        """Classify sys.argv by MACHINE_PROCESS_TYPE_PATTERNS (first substring match); default binary."""
+        argv = " ".join(sys.argv).lower()
+        for pattern, process_type in machine_settings.PROCESS_TYPE_PATTERNS:
+            if pattern.lower() in argv:
+                return process_type
+        return ProcessType.BINARY
+
+    def hydrate_binary_from_context(self, *, plugin_name: str = "", hook_path: str = "") -> Binary | None:
+        """Link the Binary named by the hook's `*_BINARY` env value (by abspath or name); None if unknown."""
+        machine = self.machine if self.machine_id else Machine.current()
+        for key in _get_process_binary_env_keys(plugin_name, hook_path, self.env):
+            binary = _find_existing_binary_for_reference(machine, str(self.env[key]))
+            if binary is not None:
+                self.binary = binary
+                if self.pk and not self._state.adding:
+                    type(self).objects.filter(pk=self.pk).update(binary=binary, modified_at=timezone.now())
+                return binary
+        return None
 
 
 # The contract imports the state machines from machine.models.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.utils import timezone
 from statemachine import State
 
 from machine.choices import BinaryStatus, ProcessStatus
@@ -32,9 +35,16 @@ class BinaryMachine(BaseStateMachine):
 
 
 class ProcessMachine(BaseStateMachine):
-    """queued -> running -> exited: a tick launches the process, later ticks poll it."""
+    """queued -> running -> exited: a tick launches the process in the background, later ticks poll it.
+
+    The launch happens in the transition's `on` callback (not on entering `running`:
+    `running.to.itself()` re-enters that state on every poll). `is_exited()` polls first, so a tick
+    on a running row records the true exit code as soon as the process has ended.
+    """
 
     model_attr_name = "process"
+    #: How often a worker ticks a running process to poll it.
+    poll_interval = timedelta(seconds=1)
 
     queued = State(value=ProcessStatus.QUEUED, initial=True)
     running = State(value=ProcessStatus.RUNNING)
@@ -42,15 +52,39 @@ class ProcessMachine(BaseStateMachine):
 
     tick = (
         queued.to.itself(unless="can_start")
-        | queued.to(running, cond="can_start")
-        | running.to.itself(unless="is_exited")
+        | queued.to(running, cond="can_start", on="on_launch")
+        | running.to.itself(unless="is_exited", on="on_wait")
         | running.to(exited, cond="is_exited")
     )
-    launch = queued.to(running)
+    launch = queued.to(running, cond="can_start")
     kill = running.to(exited)
 
     def can_start(self) -> bool:
         return bool(self.process.cmd and self.process.machine_id)
 
     def is_exited(self) -> bool:
+        """Poll the OS first; True once an exit code is recorded."""
+        if self.process.exit_code is None:
+            self.process.poll()
         return self.process.exit_code is not None
+
+    def on_launch(self) -> None:
+        """Spawn the command in the background (pid, exact start time, launch marker recorded)."""
+        self.process.launch(background=True)
+
+    def on_wait(self) -> None:
+        """Still running: look again after POLL_INTERVAL."""
+        self.process.retry_at = timezone.now() + self.poll_interval
+
+    def on_kill(self) -> None:
+        """End the process and its whole OS tree, recording how it ended."""
+        self.process.kill_tree()
+
+    def after_transition(self, target: State) -> None:
+        # The machine wrote the new status on the instance; persist it with the schedule.
+        process = self.process
+        if target.final:
+            process.retry_at = None
+        type(process)._default_manager.filter(pk=process.pk).update(
+            status=process.status, retry_at=process.retry_at, modified_at=timezone.now()
+        )

@@ -1,0 +1,506 @@
+"""Binary behaviour: JSON in/out, the provider-hook install run, outcome bookkeeping, lib/bin links.
+
+`BinaryMixin` is mixed into `machine.models.Binary`; this module never imports `machine.models`
+(it reaches Machine and Process through the model's own relations), so there is no import cycle.
+
+Outcome of an install run (`Binary.run()`), each written by one UPDATE so a row is never half done:
+- success: abspath/version/sha256/binprovider filled, status `installed`, retry_at cleared, one
+  success counted, the binary linked into `<lib_dir>/bin`;
+- failure: status stays `queued`, retry_at = now + RETRY_DELAY, one failure counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from hooks.discovery import discover_hooks, plugin_name_for
+from hooks.dispatch import dispatch_records
+from hooks.execution import run_hook
+from hooks.records import records_with_type
+from machine.choices import BinaryStatus
+from machine.conf import machine_settings
+from machine.statemachines import BinaryInstallError
+
+logger = logging.getLogger(__name__)
+
+JSON_SCHEMA_VERSION = "0.9.0"
+#: How long a failed install waits before a worker tries it again.
+RETRY_DELAY = timedelta(minutes=5)
+#: Extra lease on a claimed Binary beyond the install budget: killing a timed-out hook tree and
+#: writing the outcome must also finish before another worker may take the row.
+CLAIM_MARGIN_SECONDS = 60
+BINARY_REQUEST_EVENT = "BinaryRequest"
+#: Record fields a hook's `Binary` record fills in.
+RESULT_FIELDS = ("abspath", "version", "sha256", "binprovider")
+
+
+class BinaryLinkError(ValueError):
+    """A name or path that would make a lib/bin link point or land somewhere unsafe."""
+
+
+def parse_binproviders(value: Any) -> set[str] | None:
+    """A comma list (or list) of provider names as a set; None for "any" (empty or `*`)."""
+    if isinstance(value, (list, tuple, set)):
+        parts = [str(part) for part in value]
+    else:
+        parts = str(value or "").split(",")
+    names = {part.strip() for part in parts if part.strip()}
+    if not names or "*" in names:
+        return None
+    return names
+
+
+def format_binproviders(value: Any) -> str:
+    """The comma-list form of a binproviders value (a string or a list), order kept."""
+    parts = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
+    return ",".join(dict.fromkeys(str(part).strip() for part in parts if str(part).strip()))
+
+
+def install_budget_seconds() -> int:
+    """Seconds one `Binary.run()` may spend in provider hooks, all hooks together."""
+    return max(1, int(machine_settings.INSTALL_TIMEOUT))
+
+
+def claim_lease_seconds(requested: int = 60) -> int:
+    """The lease a worker takes on a Binary: never shorter than the whole install may run."""
+    return max(int(requested), install_budget_seconds() + CLAIM_MARGIN_SECONDS)
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def safe_link_path(lib_bin_dir: str | Path, name: str) -> Path:
+    """`<lib_bin_dir>/<name>`, or BinaryLinkError when `name` is not one plain file name."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "\0" in name:
+        raise BinaryLinkError(f"invalid binary name for a lib/bin link: {name!r}")
+    if "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise BinaryLinkError(f"binary name must not contain a path separator: {name!r}")
+    bin_dir = Path(lib_bin_dir).expanduser().resolve()
+    link = bin_dir / name
+    if link.parent != bin_dir:  # belt and braces: the checks above already ensure this
+        raise BinaryLinkError(f"link for {name!r} would land outside {bin_dir}")
+    return link
+
+
+def safe_link_target(abspath: str, bin_dir: Path) -> Path:
+    """The path a lib/bin link should point to, or BinaryLinkError.
+
+    The target must be absolute and resolve (no symlink loop) to an existing file. A path inside
+    the lib bin dir itself (found on PATH through an earlier link of ours) is replaced by its real
+    path, so a link never points at itself or at another of our links.
+    """
+    if not isinstance(abspath, str) or not abspath or "\0" in abspath:
+        raise BinaryLinkError(f"invalid abspath: {abspath!r}")
+    path = Path(abspath)
+    if not path.is_absolute():
+        raise BinaryLinkError(f"abspath must be absolute: {abspath!r}")
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as err:  # missing file, or a symlink loop
+        raise BinaryLinkError(f"abspath does not resolve to a file: {abspath!r} ({err})") from None
+    if not real.is_file():
+        raise BinaryLinkError(f"abspath is not a file: {abspath!r}")
+    return real if path.parent.resolve() == bin_dir else path
+
+
+def write_symlink(link: Path, target: Path) -> Path:
+    """Create or atomically replace the symlink `link` -> `target`; never overwrite a real file."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() or link.is_symlink():
+        if not link.is_symlink():
+            raise BinaryLinkError(f"{link} exists and is not a symlink; refusing to replace it")
+        if os.readlink(link) == str(target):
+            return link
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+class BinaryManagerMixin:
+    """The database half of `BinaryManager.get_from_db_or_cache` (the cache lives in models.py)."""
+
+    def record_binary(
+        self,
+        machine,
+        name: str,
+        abspath: str = "",
+        version: str = "",
+        sha256: str = "",
+        binprovider: str = "env",
+    ):
+        """Get or create the row for exactly this binary; installed when abspath and version are known."""
+        if not name or not isinstance(name, str):
+            raise ValueError("a binary needs a name")
+        key = {
+            "machine": machine,
+            "name": name,
+            "abspath": abspath or "",
+            "version": version or "",
+            "sha256": sha256 or "",
+        }
+        installed = bool(abspath and version)
+        defaults = {
+            "binprovider": binprovider or "",
+            "status": BinaryStatus.INSTALLED if installed else BinaryStatus.QUEUED,
+            "retry_at": None if installed else timezone.now(),
+        }
+        binary, _created = self.get_or_create(**key, defaults=defaults)
+        return binary
+
+
+class BinaryMixin:
+    """Behaviour of `machine.models.Binary` (see the module docstring for the install outcome)."""
+
+    # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def binary_info(self) -> dict[str, Any]:
+        """The identifying facts of this binary as a plain dict."""
+        return {
+            "name": self.name,
+            "abspath": self.abspath,
+            "version": self.version,
+            "sha256": self.sha256,
+            "binprovider": self.binprovider,
+            "binproviders": self.binproviders,
+            "overrides": self.overrides,
+            "is_valid": self.is_valid,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """A `Binary` record when abspath and version are known, else a `BinaryRequest` record."""
+        base = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "id": str(self.id),
+            "machine_id": str(self.machine_id),
+            "name": self.name,
+            "binproviders": self.binproviders,
+            "overrides": self.overrides,
+        }
+        if not (self.abspath and self.version):
+            return {"type": "BinaryRequest", **base, "status": self.status, "retry_at": _iso(self.retry_at)}
+        return {
+            "type": "Binary",
+            **base,
+            "binprovider": self.binprovider,
+            "abspath": self.abspath,
+            "version": self.version,
+            "sha256": self.sha256,
+            "status": self.status,
+            "retry_at": _iso(self.retry_at),
+            "num_uses_succeeded": self.num_uses_succeeded,
+            "num_uses_failed": self.num_uses_failed,
+            "created_at": _iso(self.created_at),
+            "modified_at": _iso(self.modified_at),
+        }
+
+    @classmethod
+    def _current_machine(cls):
+        return cls._meta.get_field("machine").related_model.current()
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], overrides: dict[str, Any] | None = None):
+        """Create or update a Binary of this machine from a record; None when it has no usable name.
+
+        - abspath and version present (an already installed binary, or a hook's output): the row
+          becomes installed with those facts (binproviders/overrides kept when given);
+        - otherwise binproviders or overrides present (a request): the row is queued, due now;
+        - neither: None. `overrides` (the argument) is accepted for the contract and unused.
+        """
+        if not isinstance(record, dict):
+            return None
+        name = str(record.get("name") or "").strip()
+        if not name or len(name) > cls._meta.get_field("name").max_length:
+            return None
+        abspath = str(record.get("abspath") or "").strip()
+        version = str(record.get("version") or "").strip()
+        has_request = record.get("binproviders") is not None or record.get("overrides") is not None
+        if not (abspath and version) and not has_request:
+            return None
+        request: dict[str, Any] = {}
+        if record.get("binproviders") is not None:
+            request["binproviders"] = format_binproviders(record["binproviders"])
+        if record.get("overrides") is not None:
+            if not isinstance(record["overrides"], dict):
+                return None
+            request["overrides"] = record["overrides"]
+        machine = cls._current_machine()
+        with transaction.atomic():
+            # Lock the machine row: two processes sending the same request must not both insert.
+            type(machine)._default_manager.select_for_update().filter(pk=machine.pk).exists()
+            existing = (
+                cls._default_manager.filter(machine=machine, name=name)
+                .order_by("-modified_at", "-created_at")
+                .first()
+            )
+            if abspath and version:
+                return cls._from_installed_record(machine, existing, name, record, request)
+            return cls._from_request_record(machine, existing, name, request)
+
+    @classmethod
+    def _from_installed_record(cls, machine, existing, name: str, record: dict, request: dict):
+        facts = {
+            "abspath": str(record["abspath"]).strip(),
+            "version": str(record["version"]).strip()[:32],
+            "sha256": str(record.get("sha256") or "").strip()[:64],
+        }
+        values = {
+            **request,
+            "binprovider": str(record.get("binprovider") or "env")[:31],
+            "status": BinaryStatus.INSTALLED,
+            "retry_at": None,
+        }
+        exact = cls._default_manager.filter(machine=machine, name=name, **facts).first()
+        target = exact or (existing if existing is not None and not existing.abspath else None)
+        if target is None:
+            return cls._default_manager.create(machine=machine, name=name, **facts, **values)
+        for field, value in {**facts, **values}.items():
+            setattr(target, field, value)
+        target.save()
+        return target
+
+    @classmethod
+    def _from_request_record(cls, machine, existing, name: str, request: dict):
+        now = timezone.now()
+        if existing is None:
+            return cls._default_manager.create(
+                machine=machine, name=name, status=BinaryStatus.QUEUED, retry_at=now, **request
+            )
+        unchanged = all(getattr(existing, field) == value for field, value in request.items())
+        if existing.status == BinaryStatus.INSTALLED:
+            if unchanged:
+                return existing  # already satisfied: nothing to install again
+            # A different request for an installed binary: queue it again (no worker holds a final row).
+            values = {**request, "status": BinaryStatus.QUEUED, "retry_at": now, "modified_at": now}
+            cls._default_manager.filter(pk=existing.pk).update(**values)
+        else:
+            # Queued: only the request columns change; retry_at is left to retry_now(), which never
+            # takes a row away from a worker that holds it.
+            values = request
+            if not unchanged:
+                cls._default_manager.filter(pk=existing.pk).update(**values)
+        for field, value in values.items():
+            setattr(existing, field, value)
+        existing.retry_now()
+        return existing
+
+    @property
+    def is_backing_off(self) -> bool:
+        """Queued after a failed install and waiting out RETRY_DELAY (not held by a worker).
+
+        _record_failure writes retry_at = modified_at + RETRY_DELAY from one clock reading; a
+        worker's claim moves retry_at without touching modified_at, so the two never look alike.
+        """
+        return (
+            self.status == BinaryStatus.QUEUED
+            and self.retry_at is not None
+            and self.modified_at is not None
+            and self.retry_at == self.modified_at + RETRY_DELAY
+        )
+
+    def retry_now(self) -> bool:
+        """Make a queued row due now, unless a worker holds it; True when it is due now."""
+        if self.status != BinaryStatus.QUEUED:
+            return False
+        now = timezone.now()
+        if self.retry_at is not None and self.retry_at <= now:
+            return True
+        if self.retry_at is not None and not self.is_backing_off:
+            return False  # claimed by a worker: its lease must hold
+        guard = {"retry_at__isnull": True} if self.retry_at is None else {"retry_at": self.retry_at}
+        updated = (
+            type(self)
+            ._default_manager.filter(
+                pk=self.pk, status=BinaryStatus.QUEUED, modified_at=self.modified_at, **guard
+            )
+            .update(retry_at=now)
+        )
+        if updated:
+            self.retry_at = now
+        return bool(updated)
+
+    def update_and_requeue(self, **kwargs) -> bool:
+        """Set the given fields, bump modified_at and save (always); True."""
+        known = {f.name for f in self._meta.concrete_fields} | {f.attname for f in self._meta.concrete_fields}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown Binary field(s): {', '.join(unknown)}")
+        for field, value in kwargs.items():
+            setattr(self, field, value)
+        self.modified_at = timezone.now()
+        self.save()
+        return True
+
+    def _allowed_binproviders(self) -> set[str] | None:
+        """The providers this binary may be installed with, or None for any."""
+        return parse_binproviders(self.binproviders)
+
+    # -- the install run -----------------------------------------------------------------------
+
+    @classmethod
+    def claim_for_worker(cls, obj, lock_seconds: int = 60) -> bool:
+        """Claim for at least the whole install budget, so no second worker installs concurrently."""
+        return super().claim_for_worker(obj, lock_seconds=claim_lease_seconds(lock_seconds))
+
+    @classmethod
+    def claim_batch(cls, limit: int = 10, lock_seconds: int = 60, filters=None) -> list:
+        """Claim due rows for at least the whole install budget (see claim_for_worker)."""
+        return super().claim_batch(
+            limit=limit, lock_seconds=claim_lease_seconds(lock_seconds), filters=filters
+        )
+
+    def tick_claimed(self, lock_seconds: int = 60) -> bool:
+        """Claim, then tick once; a failed install is an outcome recorded on the row, not an error."""
+        try:
+            return super().tick_claimed(lock_seconds=lock_seconds)
+        except BinaryInstallError as err:
+            logger.info("%s", err)
+            return True
+
+    def _hook_kwargs(self) -> dict[str, Any]:
+        overrides = self.overrides if isinstance(self.overrides, dict) else {}
+        min_version = overrides.get("min_version")
+        return {
+            "binary_id": str(self.id),
+            "machine_id": str(self.machine_id),
+            "name": self.name,
+            "binproviders": self.binproviders,
+            "overrides": json.dumps(overrides, separators=(",", ":")),
+            "min_version": str(min_version) if min_version else None,
+        }
+
+    def provider_hooks(self) -> list[Path]:
+        """The `on_BinaryRequest__*` hooks whose plugin (provider) this binary allows, in run order."""
+        allowed = self._allowed_binproviders()
+        hooks = discover_hooks(BINARY_REQUEST_EVENT, [Path(d) for d in machine_settings.HOOK_DIRS])
+        return [hook for hook in hooks if allowed is None or plugin_name_for(hook) in allowed]
+
+    def run(self) -> bool:
+        """Run the allowed provider hooks in order until one reports this binary; record the outcome.
+
+        True when installed (row filled, success counted, linked into lib/bin); False when no hook
+        succeeded (row stays queued, retry_at pushed back, failure counted). Never raises for a
+        hook that crashes, hangs or prints garbage.
+        """
+        deadline = time.monotonic() + install_budget_seconds()
+        config = {"LIB_DIR": str(machine_settings.lib_dir)}
+        for hook in self.provider_hooks():
+            remaining = deadline - time.monotonic()
+            if remaining < 1:
+                logger.warning("install budget spent before %s could run for %s", hook.name, self.name)
+                break
+            try:
+                process = run_hook(
+                    hook, self.output_dir, config=config, timeout=int(remaining), **self._hook_kwargs()
+                )
+            except Exception:  # a bad hook must cost one failed attempt, not the worker
+                logger.exception("could not run %s for %s", hook, self.name)
+                continue
+            records = records_with_type(process.stdout or "")
+            result = self._pick_result(records)
+            # Records about this binary only count from the winning hook, through _record_success.
+            dispatch_records([r for r in records if not self._is_own_result(r)])
+            if (
+                process.exit_code == 0
+                and result is not None
+                and self._record_success(result, plugin_name_for(hook))
+            ):
+                return True
+        self._record_failure()
+        return False
+
+    def _is_own_result(self, record: dict) -> bool:
+        return record.get("type") == "Binary" and str(record.get("name") or self.name) == self.name
+
+    def _pick_result(self, records: list[dict]) -> dict | None:
+        for record in records:
+            if self._is_own_result(record) and record.get("abspath"):
+                return record
+        return None
+
+    def _record_success(self, record: dict, hook_provider: str) -> bool:
+        """Fill this row from a hook's Binary record in one update; False if the record is unusable."""
+        values = {
+            "abspath": str(record.get("abspath") or "")[:255],
+            "version": str(record.get("version") or "")[:32],
+            "sha256": str(record.get("sha256") or "")[:64],
+            "binprovider": str(record.get("binprovider") or hook_provider)[:31],
+        }
+        if not values["abspath"].startswith("/") or not values["version"]:
+            logger.warning(
+                "hook %s printed an unusable Binary record for %s: %r", hook_provider, self.name, record
+            )
+            return False
+        now = timezone.now()
+        values.update(status=BinaryStatus.INSTALLED, retry_at=None, modified_at=now)
+        manager = type(self)._default_manager
+        with transaction.atomic():
+            key = {k: values[k] for k in ("abspath", "version", "sha256")}
+            duplicate = (
+                manager.filter(machine_id=self.machine_id, name=self.name, **key).exclude(pk=self.pk).first()
+            )
+            if duplicate is not None:
+                # The same file was recorded earlier under another row: keep this one (the one being
+                # installed), move the other's hook history over, and drop it, so the unique key holds.
+                duplicate.process_set.update(binary=self)
+                duplicate.delete()
+            try:
+                manager.filter(pk=self.pk).update(**values)
+            except IntegrityError:
+                logger.exception("could not record the install of %s", self.name)
+                return False
+        for field, value in values.items():
+            setattr(self, field, value)
+        self.increment_health_stats(True)
+        self.symlink_to_lib_bin(machine_settings.lib_dir / "bin")
+        return True
+
+    def _record_failure(self) -> None:
+        """Stay queued, due again after RETRY_DELAY, one failure counted: one UPDATE plus the counter."""
+        now = timezone.now()  # one clock reading for both: see is_backing_off
+        values = {"status": BinaryStatus.QUEUED, "retry_at": now + RETRY_DELAY, "modified_at": now}
+        type(self)._default_manager.filter(pk=self.pk).update(**values)
+        for field, value in values.items():
+            setattr(self, field, value)
+        self.increment_health_stats(False)
+
+    def hook_processes(self) -> models.QuerySet:
+        """The hook Process rows run for this binary (they run in its output_dir)."""
+        process_model = (
+            self._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
+        )
+        return process_model._default_manager.filter(process_type="hook", pwd=str(self.output_dir))
+
+    def cleanup(self) -> int:
+        """Stop background hook processes of this binary that are still running; the count stopped."""
+        stopped = 0
+        for process in self.hook_processes().filter(status="running"):
+            terminate = getattr(process, "terminate", None)
+            if terminate is not None and terminate():
+                stopped += 1
+        return stopped
+
+    def symlink_to_lib_bin(self, lib_bin_dir: str | Path) -> Path | None:
+        """Link `<lib_bin_dir>/<name>` to this binary's abspath; the link, or None if refused/failed."""
+        try:
+            link = safe_link_path(lib_bin_dir, self.name)
+            target = safe_link_target(self.abspath, link.parent)
+            if target == link:
+                raise BinaryLinkError(f"{link} would point at itself")
+            return write_symlink(link, target)
+        except (BinaryLinkError, OSError, RuntimeError) as err:
+            logger.warning("not linking %s into %s: %s", self.name, lib_bin_dir, err)
+            return None

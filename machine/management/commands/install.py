@@ -1,0 +1,68 @@
+"""`manage.py install NAME [NAME ...]`: queue binaries and install them now, with live progress."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from machine import installer
+from machine.choices import BinaryStatus
+from machine.progress import LiveStatus
+from machine.reporting import binaries_table
+
+
+class Command(BaseCommand):
+    help = "Find or install binaries with the provider hooks, then show what was found."
+
+    def add_arguments(self, parser):
+        parser.add_argument("names", nargs="+", metavar="NAME", help="Binary names, e.g. git cowsay.")
+        parser.add_argument(
+            "--binproviders",
+            default="env,pip,npm",
+            help="Comma list of allowed providers, * for any (default: %(default)r)",
+        )
+        parser.add_argument(
+            "--overrides",
+            default=None,
+            help='JSON object keyed by provider, e.g. \'{"pip": {"install_args": ["cowsay==6.1"]}}\' (default: %(default)r)',
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
+        )
+
+    def handle(self, *, names, binproviders, overrides, json: bool = False, **options):
+        try:
+            request = installer.build_request(names, binproviders, overrides)
+        except installer.InstallRequestError as err:
+            raise CommandError(str(err), returncode=2) from None
+        status = LiveStatus(self.stderr._out)
+
+        def progress(event, binary, seconds):
+            if event == "start":
+                status.start(f"installing {binary.name} ({binary.binproviders})")
+            else:
+                ok = binary.status == BinaryStatus.INSTALLED
+                mark = "ok  " if ok else "FAIL"
+                status.stop(
+                    f"{mark} {binary.name} {binary.version or ''} {binary.binprovider or ''} ({seconds:.1f}s)"
+                )
+
+        try:
+            results = installer.install(request, progress=progress)
+        finally:
+            status.stop()
+        if json:
+            for binary in results:
+                self.stdout.write(_dumps(binary.to_json()))
+        else:
+            self.stdout.write(binaries_table(results))
+        failed = [b.name for b in results if b.status != BinaryStatus.INSTALLED]
+        if failed:
+            raise CommandError(
+                f"not installed (still queued, retried later): {', '.join(failed)}", returncode=1
+            )
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(record, default=str)
