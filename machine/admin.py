@@ -13,7 +13,9 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -25,11 +27,15 @@ from machine.admin_helpers import (
     config_problems,
     format_duration,
     join_tail,
+    process_label,
     redact_env_for_display,
     shell_command,
 )
 from machine.choices import BinaryStatus, ProcessStatus
 from machine.models import Binary, Machine, NetworkInterface, Process, _sanitize_machine_config
+
+#: Related processes listed on one page (newest first); the changelist link shows them all.
+PROCESS_TABLE_LIMIT = 50
 
 
 def _admin_link(obj, label: str | None = None) -> str:
@@ -51,6 +57,27 @@ def _pre(text: str) -> str:
 
 def _json_block(value) -> str:
     return _pre(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _process_table(processes, empty: str) -> str:
+    """A small table of Process rows, each linked by its redacted label (never str(process))."""
+    rows = [
+        (
+            reverse("admin:machine_process_change", args=[p.pk]),
+            process_label(p.pk, p.cmd, p.status),
+            p.process_type,
+            "" if p.exit_code is None else p.exit_code,
+            p.started_at or "",
+        )
+        for p in processes.order_by("-created_at")[:PROCESS_TABLE_LIMIT]
+    ]
+    if not rows:
+        return empty
+    return format_html(
+        "<table><thead><tr><th>Process</th><th>Type</th><th>Exit code</th><th>Started</th></tr></thead>"
+        "<tbody>{}</tbody></table>",
+        format_html_join("", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>', rows),
+    )
 
 
 class ReadOnlyInlineMixin:
@@ -160,6 +187,9 @@ class MachineAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # rows come from Machine.current() on each host
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # the cascade would take the host's process history with it
+
     def get_queryset(self, request):
         return (
             super()
@@ -253,22 +283,6 @@ class NetworkInterfaceAdmin(admin.ModelAdmin):
 # -- Binary --------------------------------------------------------------------------------------
 
 
-class HookRunInline(ReadOnlyInlineMixin, admin.TabularInline):
-    """The hook runs (Processes) linked to this binary through Process.binary."""
-
-    model = Process
-    fk_name = "binary"
-    verbose_name = "hook run"
-    verbose_name_plural = "hook runs (processes linked to this binary)"
-    fields = ["command", "process_type", "status", "exit_code", "started_at", "ended_at"]
-    readonly_fields = fields
-    ordering = ["-created_at"]
-
-    @admin.display(description="Command")
-    def command(self, obj):
-        return Truncator(shell_command(obj.cmd)).chars(120)
-
-
 @admin.register(Binary)
 class BinaryAdmin(admin.ModelAdmin):
     list_display = [
@@ -288,7 +302,6 @@ class BinaryAdmin(admin.ModelAdmin):
     list_select_related = ["machine"]
     ordering = ["name", "-modified_at"]
     actions = ["retry_install"]
-    inlines = [HookRunInline]
     readonly_fields = [
         "id",
         "machine_link",
@@ -332,63 +345,40 @@ class BinaryAdmin(admin.ModelAdmin):
 
     @admin.display(description="Hook runs")
     def hook_runs(self, obj):
-        """Links to every Process of this binary's installs: linked by FK, or run inside its output_dir."""
+        """Every Process of this binary's installs: linked by FK, or run inside its output_dir."""
         output_dir = str(obj.output_dir)
-        runs = (
-            Process.objects.filter(Q(binary=obj) | Q(pwd=output_dir) | Q(pwd__startswith=output_dir + "/"))
-            .order_by("-created_at")
-            .distinct()
+        runs = Process.objects.filter(
+            Q(binary=obj) | Q(pk__in=obj.hook_processes().values("pk")) | Q(pwd__startswith=output_dir + "/")
         )
-        items = [
-            (
-                reverse("admin:machine_process_change", args=[run.pk]),
-                f"{run.process_type} {run.status} exit={run.exit_code} "
-                f"{Truncator(shell_command(run.cmd)).chars(80)}",
-            )
-            for run in runs[:50]
-        ]
-        if not items:
-            return "No hook runs recorded."
         return format_html(
-            "<ul>{}</ul><p>{}</p>",
-            format_html_join("", '<li><a href="{}">{}</a></li>', items),
+            "{}<p>{}</p>",
+            _process_table(runs, empty="No hook runs recorded."),
             _changelist_link(Process, f"binary__id__exact={obj.pk}", "All processes linked to this binary"),
         )
 
     @admin.action(description="Re-queue selected binaries (retry install)", permissions=["change"])
     def retry_install(self, request, queryset):
-        now = timezone.now()
-        requeued, lost = 0, []
+        """Queued rows become due now (unless a worker holds them); installed rows are queued again."""
+        requeued, busy = [], []
         for binary in queryset:
-            if binary.update_and_requeue(status=BinaryStatus.QUEUED, retry_at=now):
-                requeued += 1
+            if binary.status == BinaryStatus.QUEUED:
+                done = binary.retry_now()  # never breaks the lease of a worker installing it now
             else:
-                lost.append(binary.name)
+                done = binary.update_and_requeue(status=BinaryStatus.QUEUED, retry_at=timezone.now())
+            (requeued if done else busy).append(binary.name)
         if requeued:
-            self.message_user(request, f"Re-queued {requeued} binary(ies) for install.", messages.SUCCESS)
-        if lost:
+            self.message_user(
+                request, f"Re-queued {len(requeued)} binary(ies) for install: {', '.join(requeued)}."
+            )
+        if busy:
             self.message_user(
                 request,
-                f"Not re-queued (changed by a worker meanwhile, try again): {', '.join(lost)}",
+                f"Not re-queued, a worker is installing them right now: {', '.join(busy)}.",
                 messages.WARNING,
             )
 
 
 # -- Process -------------------------------------------------------------------------------------
-
-
-class ChildProcessInline(ReadOnlyInlineMixin, admin.TabularInline):
-    model = Process
-    fk_name = "parent"
-    verbose_name = "child process"
-    verbose_name_plural = "child processes"
-    fields = ["command", "process_type", "status", "pid", "exit_code", "started_at"]
-    readonly_fields = fields
-    ordering = ["created_at"]
-
-    @admin.display(description="Command")
-    def command(self, obj):
-        return Truncator(shell_command(obj.cmd)).chars(120)
 
 
 @admin.register(Process)
@@ -412,9 +402,17 @@ class ProcessAdmin(admin.ModelAdmin):
     list_select_related = ["machine", "binary", "parent"]
     ordering = ["-created_at"]
     actions = ["terminate_processes", "cleanup_stale"]
-    inlines = [ChildProcessInline]
     fieldsets = [
-        (None, {"fields": ["command", ("process_type", "worker_type"), ("status", "exit_code", "retry_at")]}),
+        (
+            None,
+            {
+                "fields": [
+                    "full_command",
+                    ("process_type", "worker_type"),
+                    ("status", "exit_code", "retry_at"),
+                ]
+            },
+        ),
         ("OS process", {"fields": [("pid", "os_alive"), ("started_at", "ended_at", "duration"), "timeout"]}),
         (
             "Relations",
@@ -426,7 +424,7 @@ class ProcessAdmin(admin.ModelAdmin):
     ]
     readonly_fields = [
         "id",
-        "command",
+        "full_command",
         "process_type",
         "worker_type",
         "status",
@@ -455,6 +453,35 @@ class ProcessAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # rows come from launches and Process.current()
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # rows are the history of what ran here; cleanup_stale settles stale ones
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Read-only detail: nothing to save (actions do the changes), titled by the redacted label."""
+        if request.method == "POST":
+            raise PermissionDenied("Processes are read-only; use the actions on the list page.")
+        obj = self.get_object(request, unquote(object_id))
+        context = {"show_save": False, "show_save_and_continue": False, "show_delete_link": False}
+        if obj is not None:
+            context["subtitle"] = process_label(obj.pk, obj.cmd, obj.status)
+        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
+
+    def history_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        context = {}
+        if obj is not None:
+            context["safe_label"] = process_label(obj.pk, obj.cmd, obj.status)
+            context["title"] = f"Change history: {context['safe_label']}"
+        return super().history_view(request, object_id, {**context, **(extra_context or {})})
+
+    def action_checkbox(self, obj):
+        """Django's checkbox, but its aria-label uses the redacted label (str(process) shows raw argv)."""
+        attrs = {
+            "class": "action-select",
+            "aria-label": f"Select this object for an action - {process_label(obj.pk, obj.cmd, obj.status)}",
+        }
+        return forms.CheckboxInput(attrs, lambda value: False).render(ACTION_CHECKBOX_NAME, str(obj.pk))
+
     @admin.display(description="ID", ordering="created_at")
     def short_id(self, obj):
         return str(obj.pk)[-12:]
@@ -462,6 +489,10 @@ class ProcessAdmin(admin.ModelAdmin):
     @admin.display(description="Command")
     def command(self, obj):
         return format_html("<code>{}</code>", Truncator(shell_command(obj.cmd)).chars(200))
+
+    @admin.display(description="Command (shell-quoted, secrets redacted)")
+    def full_command(self, obj):
+        return format_html("<code>{}</code>", shell_command(obj.cmd))
 
     @admin.display(description="Duration")
     def duration(self, obj):
@@ -481,17 +512,7 @@ class ProcessAdmin(admin.ModelAdmin):
 
     @admin.display(description="Children")
     def children_links(self, obj):
-        children = list(obj.children.order_by("created_at")[:100])
-        if not children:
-            return "-"
-        return format_html_join(
-            ", ",
-            '<a href="{}">{} ({})</a>',
-            (
-                (reverse("admin:machine_process_change", args=[c.pk]), str(c.pk)[-12:], c.status)
-                for c in children
-            ),
-        )
+        return _process_table(obj.children.all(), empty="-")
 
     @admin.display(description="Still alive (pid and start time verified)")
     def os_alive(self, obj):
@@ -527,9 +548,10 @@ class ProcessAdmin(admin.ModelAdmin):
                 refused.append(f"{label}: not running")
             elif process.proc is None:
                 refused.append(f"{label}: PID is not provably ours (gone, reused, or on another machine)")
-            else:
-                process.terminate()
+            elif process.terminate():
                 terminated.append(label)
+            else:
+                refused.append(f"{label}: exited or could not be signalled")
         if terminated:
             self.message_user(request, f"Terminated {len(terminated)} process(es): {', '.join(terminated)}.")
         if refused:

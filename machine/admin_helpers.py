@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.utils.text import Truncator
+
 from machine.models import MACHINE_CONFIG_ALLOWED_KEYS, _sanitize_machine_config
 
 #: Parts of a name (upper-cased) that mark its value as a secret.
@@ -115,3 +117,8 @@ def config_problems(config: Any) -> list[str]:
         else:
             problems.append(f"{key}: the value is blank, or is a path that does not exist on this host.")
     return problems
+
+
+def process_label(pk: object, cmd: object, status: str) -> str:
+    """A row's name for titles and links, used instead of str(process), whose argv is not redacted."""
+    return f"Process {str(pk)[-12:]}: {Truncator(shell_command(cmd)).chars(80)} ({status})"

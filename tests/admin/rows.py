@@ -21,7 +21,7 @@ SECRET_ENV = {
     "SESSION_COOKIE": "planted-cookie-444",
     "AWS_SECRET_ACCESS_KEY": "planted-secret-555",
 }
-SECRET_ARGS = ("planted-cli-token-666", "planted-cli-password-777")
+SECRET_ARGS = ("planted-cli-token-666", "planted-cli-password-777", "planted-cookie-arg-888")
 SECRET_VALUES = (*SECRET_ENV.values(), *SECRET_ARGS)
 PLAIN_ENV = {"PATH": "/usr/local/bin:/usr/bin", "LANG": "C.UTF-8"}
 
@@ -91,7 +91,20 @@ def make_rows(machine: Machine) -> dict:
         stdout='{"type": "Binary", "name": "wget", "abspath": "/usr/bin/wget"}\n',
         stderr="found wget in PATH\n",
     )
-    return {"iface": iface, "binary": wget, "parent": parent, "hook": hook}
+    # Short enough that str(process) (argv joined, cut at 60 characters) would show the whole secret.
+    leaky = Process.objects.create(
+        machine=machine,
+        parent=hook,
+        binary=wget,
+        process_type=ProcessType.BINARY,
+        cmd=["curl", f"--cookie={SECRET_ARGS[2]}"],
+        status=ProcessStatus.EXITED,
+        exit_code=6,
+        pid=4244,
+        started_at=now - timedelta(minutes=4, seconds=20),
+        ended_at=now - timedelta(minutes=4, seconds=10),
+    )
+    return {"iface": iface, "binary": wget, "parent": parent, "hook": hook, "leaky": leaky}
 
 
 def launch_sleep(machine: Machine, workdir: Path, seconds: int = 120) -> Process:

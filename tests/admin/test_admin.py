@@ -10,6 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
+from machine.binaries import RETRY_DELAY
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.models import Binary, Machine, NetworkInterface, Process
 from tests.admin.rows import PLAIN_ENV, SECRET_ENV, SECRET_VALUES, os_process_gone
@@ -30,7 +31,8 @@ def change(obj) -> str:
 def all_pages(machine, rows) -> list[str]:
     pages = [changelist(model) for model in MODELS]
     pages += [change(machine), change(rows["iface"]), change(rows["binary"])]
-    pages += [change(rows["parent"]), change(rows["hook"])]
+    pages += [change(rows["parent"]), change(rows["hook"]), change(rows["leaky"])]
+    pages += [reverse("admin:machine_process_history", args=[rows[name].pk]) for name in ("leaky", "hook")]
     pages += [
         changelist(Process) + "?q=on_BinaryRequest",
         changelist(Process) + "?binary__id__exact=" + str(rows["binary"].pk),
@@ -99,13 +101,46 @@ def test_staff_with_change_permission_can_retry_a_binary(client, machine, rows):
     binary.refresh_from_db()
     assert binary.status == BinaryStatus.QUEUED
     assert before <= binary.retry_at <= timezone.now()
-    assert messages_of(response) == ["Re-queued 1 binary(ies) for install."]
+    assert messages_of(response) == ["Re-queued 1 binary(ies) for install: wget."]
     assert binary in Binary.get_queue()
+
+
+def test_retry_makes_a_backing_off_binary_due_but_never_breaks_a_workers_lease(admin_client, rows):
+    now = timezone.now()
+    backing_off = Binary.objects.get(name="yt-dlp")
+    Binary.objects.filter(pk=backing_off.pk).update(modified_at=now, retry_at=now + RETRY_DELAY)
+    held = Binary.objects.create(machine=backing_off.machine, name="gallery-dl", binproviders="pip")
+    held_until = now + timedelta(minutes=30)  # a worker's claim: retry_at moved, modified_at not
+    Binary.objects.filter(pk=held.pk).update(retry_at=held_until)
+
+    response = run_action(admin_client, Binary, "retry_install", [backing_off, held])
+    assert messages_of(response) == [
+        "Re-queued 1 binary(ies) for install: yt-dlp.",
+        "Not re-queued, a worker is installing them right now: gallery-dl.",
+    ]
+    backing_off.refresh_from_db()
+    held.refresh_from_db()
+    assert backing_off.retry_at <= timezone.now()
+    assert held.retry_at == held_until
 
 
 def test_nobody_can_add_rows_by_hand(admin_client):
     for model in MODELS:
         assert admin_client.get(reverse(f"admin:machine_{model._meta.model_name}_add")).status_code == 403
+
+
+def test_processes_are_read_only_and_machines_and_processes_cannot_be_deleted(admin_client, machine, rows):
+    hook = rows["hook"]
+    page = admin_client.get(change(hook)).content.decode()
+    assert 'name="_save"' not in page and 'name="_continue"' not in page
+    assert admin_client.post(change(hook), {"pid": "1"}).status_code == 403
+    hook.refresh_from_db()
+    assert hook.pid == 4243
+    for obj in (hook, machine):
+        url = reverse(f"admin:machine_{obj._meta.model_name}_delete", args=[obj.pk])
+        assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert Process.objects.filter(pk=hook.pk).exists() and Machine.objects.filter(pk=machine.pk).exists()
+    assert "delete_selected" not in admin_client.get(changelist(Process)).content.decode()
 
 
 # -- pages ----------------------------------------------------------------------------------------
@@ -128,6 +163,7 @@ def test_process_detail_shows_redacted_env_quoted_command_links_and_output(admin
     assert html.count("********") >= len(SECRET_ENV) + 2  # env values and the two argv secrets
     assert PLAIN_ENV["PATH"] in html
     assert "--api-token=********" in html
+    assert "--cookie=********" in html  # the child, listed by its redacted label
     assert "&#x27;--name=wget and friends&#x27;" in html  # shell-quoted, then HTML-escaped
     assert change(rows["parent"]) in html
     assert change(rows["binary"]) in html

@@ -87,7 +87,7 @@ def test_filter_and_search(admin_page, live_server, rows, screenshot):
     screenshot("13-process-filtered-hook")
 
 
-def test_detail_pages(admin_page, live_server, rows, screenshot):
+def test_detail_pages(admin_page, live_server, machine, rows, screenshot):
     page = admin_page
     hook = rows["hook"]
     open_admin(page, live_server, f"process/{hook.pk}/change/")
@@ -97,7 +97,7 @@ def test_detail_pages(admin_page, live_server, rows, screenshot):
     expect(env).to_contain_text("/usr/local/bin:/usr/bin")
     expect(page.locator(".field-stdout_tail")).to_contain_text('"type": "Binary"')
     expect(page.locator(".field-stderr_tail")).to_contain_text("found wget in PATH")
-    expect(page.locator(".field-command")).to_contain_text("'--name=wget and friends'")
+    expect(page.locator(".field-full_command")).to_contain_text("'--name=wget and friends'")
     assert_no_secret(page)
     screenshot("20-process-detail")
 
@@ -106,14 +106,15 @@ def test_detail_pages(admin_page, live_server, rows, screenshot):
     screenshot("21-process-parent-detail")
 
     open_admin(page, live_server, f"binary/{rows['binary'].pk}/change/")
-    expect(page.locator(".field-health_percent")).to_contain_text("75")
-    page.locator(".field-hook_runs a").first.click()
+    expect(page.locator(".fieldBox.field-health_percent")).to_contain_text("75")
+    page.locator(".field-hook_runs a", has_text=str(hook.pk)[-12:]).click()
     expect(page).to_have_url(re.compile(str(hook.pk)))
     open_admin(page, live_server, f"binary/{rows['binary'].pk}/change/")
     screenshot("22-binary-detail")
 
     open_admin(page, live_server, f"machine/{rows['iface'].machine_id}/change/")
-    expect(page.locator(".field-os_platform")).to_be_visible()
+    expect(page.locator(".fieldBox.field-os_platform")).to_contain_text(machine.os_platform)
+    expect(page.locator(".field-config textarea")).to_be_editable()
     expect(page.locator("#networkinterface_set-group")).to_contain_text("10.1.2.3")
     assert_no_secret(page)
     screenshot("23-machine-detail")
@@ -139,8 +140,8 @@ def test_terminate_a_running_sleep_from_the_admin(admin_page, live_server, machi
         assert sleep.exit_code == 128 + 15
 
         open_admin(page, live_server, f"process/{sleep.pk}/change/")
-        expect(page.locator(".field-status")).to_contain_text("Exited")
-        expect(page.locator(".field-exit_code")).to_contain_text("143")
+        expect(page.locator(".fieldBox.field-status")).to_contain_text("Exited")
+        expect(page.locator(".fieldBox.field-exit_code")).to_contain_text("143")
         screenshot("31-process-terminated")
     finally:
         sleep.refresh_from_db()
@@ -154,7 +155,7 @@ def test_retry_a_binary(admin_page, live_server, rows, screenshot):
     open_admin(page, live_server, "binary/")
     before = timezone.now()
     run_action(page, [binary.pk], "retry_install")
-    expect(page.locator(".messagelist")).to_contain_text("Re-queued 1 binary(ies) for install.")
+    expect(page.locator(".messagelist")).to_contain_text("Re-queued 1 binary(ies) for install: wget.")
     binary.refresh_from_db()
     assert binary.status == BinaryStatus.QUEUED
     assert binary.retry_at >= before
