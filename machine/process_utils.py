@@ -1,0 +1,633 @@
+"""The OS seam: spawn, prove, signal, walk, reap and tail processes (no Django imports).
+
+Identity. A pid names nothing by itself. A process is "ours" only when its pid, its start time
+(psutil ``create_time``: boot time + clock ticks, so 0.01 s resolution) and its command match.
+Linux hands a freed pid to the next fork, and measured on this kernel the recycled pid nearly always
+gets the *same* start-time tick, so a start time alone cannot tell the old process from the new one
+(psutil's own ``is_running()`` is fooled too). Two things can, and we use both:
+
+* a per-launch marker: every child gets ``MACHINE_PROCESS_MARKER=<uuid hex>`` (and the markers of
+  all launches above it in ``MACHINE_PROCESS_LINEAGE``). ``/proc/<pid>/environ`` shows it for the
+  whole life of the process and of every descendant, even after they double-fork and ``setsid()``;
+* a pidfd for the children launched here: it refers to one process, never to a recycled pid.
+
+Signals go through a pidfd opened *before* the identity check: a pinned pid cannot be recycled,
+so the check and the signal see the same process.
+
+We do not set ``PR_SET_CHILD_SUBREAPER``: a subreaper must reap adopted orphans with
+``waitpid(-1)``, which would also steal the exit statuses of children that ``subprocess`` callers
+elsewhere in the worker own. The marker scan finds escaped descendants without adopting them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+#: The contract's tolerance, for start times not taken from the OS (and the floor once the marker is seen).
+START_TIME_TOLERANCE = 5.0
+#: For start times recorded from the OS (``Spawned.start_time``, ``get_start_time``): 2 clock ticks.
+EXACT_START_TOLERANCE = 0.02
+MARKER_ENV = "MACHINE_PROCESS_MARKER"
+LINEAGE_ENV = "MACHINE_PROCESS_LINEAGE"
+REDACTED = "********"
+SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "COOKIE")
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+EXIT_KILLED = 128 + signal.SIGKILL
+
+Cmd = Sequence[str] | None
+Marker = str | None
+StartTime = float | None
+StrPath = str | os.PathLike | None
+
+_KILL_WAIT = 2.0  # bound on waiting for SIGKILLed processes to disappear
+_TAIL_BLOCK = 64 * 1024
+_TAIL_MAX_BYTES = 16 * 1024 * 1024  # never scan further back than this, however long the lines
+_MAX_FINISHED_CHILDREN = 256
+_HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+_MARKER_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+# `python3 -u run.py`, `/bin/sh run.sh`, `node hook.js`: the script, not the interpreter, names it.
+_INTERPRETER_RE = re.compile(
+    r"^(python[\d.]*|pypy[\d.]*|(ba|da|z|k)?sh|node(js)?|deno|bun|perl|ruby|php[\d.]*)$"
+)
+
+
+@dataclass
+class Spawned:
+    """One launch: persist pid, start_time and marker; the handles live in this process only."""
+
+    pid: int | None
+    start_time: StartTime
+    marker: str
+    pidfd: int | None = None  #: owned by the registry, closed once the child is reaped
+    popen: subprocess.Popen | None = field(default=None, repr=False)
+    exit_code: int | None = None  #: set when cmd could not be executed, or by run_foreground
+    timed_out: bool = False
+    error: str = ""
+
+
+@dataclass
+class _Child:
+    pid: int
+    start_time: float
+    marker: str
+    popen: subprocess.Popen
+    pidfd: int | None
+    exit_code: int | None = None
+
+
+# Children launched by this process, by marker: unique per launch, unlike pid + start tick.
+_children: dict[str, _Child] = {}
+_children_lock = threading.RLock()
+_inherited_children: list[dict[str, _Child]] = []
+
+
+def _forget_children_after_fork() -> None:
+    # A forked copy is not the parent of our children: it must not wait on them, and a lock held by
+    # another thread at fork time would stay locked forever. The old entries stay referenced so
+    # their Popen finalizers never run in the wrong process.
+    global _children, _children_lock
+    _inherited_children.append(_children)
+    _children, _children_lock = {}, threading.RLock()
+
+
+os.register_at_fork(after_in_child=_forget_children_after_fork)
+
+
+def _exit_code(returncode: int) -> int:
+    # Popen reports death by signal N as -N; shells and the contract say 128 + N.
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _lookup_child(pid: int, start_time: StartTime, marker: Marker, tolerance: float) -> _Child | None:
+    with _children_lock:
+        # Without a marker, the newest launch with this pid and start time is the best answer.
+        candidates = [_children.get(marker)] if marker is not None else reversed(_children.values())
+        for child in candidates:
+            if child and child.pid == pid and start_time is not None:
+                if abs(child.start_time - start_time) <= max(tolerance, EXACT_START_TOLERANCE):
+                    return child
+    return None
+
+
+def _poll_child(child: _Child) -> int | None:
+    with _children_lock:
+        if child.exit_code is None and (returncode := child.popen.poll()) is not None:
+            child.exit_code = _exit_code(returncode)  # poll() reaped the zombie and kept its status
+            if child.pidfd is not None:
+                os.close(child.pidfd)
+                child.pidfd = None
+        return child.exit_code
+
+
+def _register(child: _Child) -> None:
+    with _children_lock:
+        _children[child.marker] = child
+        finished = [marker for marker, c in _children.items() if c.exit_code is not None]
+        for marker in finished[: max(0, len(finished) - _MAX_FINISHED_CHILDREN)]:
+            del _children[marker]
+
+
+def _pin(pid: int, child: _Child | None = None) -> int | None:
+    """Return a new pidfd for pid (None if unsupported); raise ProcessLookupError if it is gone."""
+    with _children_lock:
+        # A private dup of our child's pidfd: another thread reaping the child closes the original,
+        # and its fd number could then be reused by an unrelated open().
+        if child is not None and child.pidfd is not None:
+            return os.dup(child.pidfd)
+    if not _HAVE_PIDFD:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError:  # ENOSYS/EPERM in old kernels or seccomp sandboxes: plain kill() it is
+        return None
+
+
+def _signallable(pid: object) -> bool:
+    # Only single positive pids are ever signalled (never killpg, never pid <= 0), so our process
+    # group cannot be hit; init and ourselves are refused outright.
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 and pid != os.getpid()
+
+
+def _is_alive_proc(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _read_markers(pid: int, needle: bytes = b"") -> tuple[str | None, set[str]] | None:
+    """Return (own marker, lineage) from /proc/<pid>/environ; None if unreadable or needle absent."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:  # gone, or another user's process we may not read
+        return None
+    if needle not in environ:
+        return None
+    own, lineage = None, set()
+    for item in environ.split(b"\0"):
+        name, _, value = item.partition(b"=")
+        if name == MARKER_ENV.encode():
+            own = value.decode(errors="replace")
+        elif name == LINEAGE_ENV.encode():
+            lineage = set(value.decode(errors="replace").split(","))
+    return own, lineage
+
+
+def redact_env(env: Mapping[str, object]) -> dict[str, object]:
+    """Return a copy of env whose secret-looking keys have their (non-empty) values replaced by REDACTED."""
+    secret = lambda key: any(part in str(key).upper() for part in SECRET_KEY_PARTS)  # noqa: E731
+    return {key: REDACTED if value not in (None, "") and secret(key) else value for key, value in env.items()}
+
+
+def marker_from_env(env: Mapping[str, object] | None) -> str | None:
+    """Return the launch marker kept in a (possibly redacted) env dict, if any."""
+    value = (env or {}).get(MARKER_ENV)
+    return value if isinstance(value, str) and _MARKER_RE.match(value) else None
+
+
+def get_start_time(pid: int) -> float | None:
+    """Return the OS start time of pid (epoch seconds, exact to the clock tick), or None if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, TypeError):
+        return None
+
+
+def cmdline_matches(cmdline: Sequence[str], cmd: Cmd) -> bool:
+    """Tell whether an OS cmdline runs cmd[0] (by basename, also as an interpreter's script)."""
+    if not cmd:
+        return True
+    if not cmdline:
+        return False
+    want = os.path.basename(cmd[0])
+    if os.path.basename(cmdline[0]) == want:
+        return True
+    if _INTERPRETER_RE.match(os.path.basename(cmdline[0])):
+        script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), None)
+        return script is not None and os.path.basename(script) == want
+    return False
+
+
+def proven_process(
+    pid: int,
+    start_time: StartTime,
+    cmd: Cmd = None,
+    tolerance: float = START_TIME_TOLERANCE,
+    *,
+    marker: Marker = None,
+) -> psutil.Process | None:
+    """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
+
+    A marker visible in the environ settles identity, so the start time then only has to be within
+    START_TIME_TOLERANCE (a wall-clock step moves every create_time); another launch's marker refuses.
+    """
+    if not isinstance(pid, int) or pid <= 0 or start_time is None:
+        return None
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    if child is not None and _poll_child(child) is not None:
+        return None  # our child has exited: whatever holds the pid now is someone else
+    if marker is not None:
+        own = (_read_markers(pid) or (None, set()))[0]
+        if own is not None and own != marker:
+            return None
+        if own == marker:
+            tolerance = max(tolerance, START_TIME_TOLERANCE)
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - start_time) > tolerance:
+            return None
+        if cmd and not cmdline_matches(proc.cmdline(), cmd):
+            # Programs that rewrite their argv (browsers) still run the same executable.
+            if os.path.basename(proc.exe()) != os.path.basename(cmd[0]):
+                return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def is_alive(
+    pid: int,
+    start_time: StartTime,
+    cmd: Cmd = None,
+    tolerance: float = START_TIME_TOLERANCE,
+    *,
+    marker: Marker = None,
+) -> bool:
+    """Tell whether the proven process is running (zombies and recycled pids are not)."""
+    return proven_process(pid, start_time, cmd, tolerance, marker=marker) is not None
+
+
+def children_pids(pid: int, recursive: bool = False) -> list[int]:
+    """Return the pids of pid's children (all descendants if recursive); [] if pid is gone."""
+    try:
+        return sorted(p.pid for p in psutil.Process(pid).children(recursive=recursive))
+    except (psutil.Error, ValueError):
+        return []
+
+
+def _signal_pinned(
+    pid: int, child: _Child | None, sig: int, prove: Callable[[], psutil.Process | None]
+) -> bool:
+    # Pin first, then prove, then signal through the pin: the pid cannot be recycled in between.
+    if not _signallable(pid):
+        return False
+    try:
+        pidfd = _pin(pid, child)
+    except ProcessLookupError:
+        return False
+    try:
+        proc = prove()
+        if proc is None:
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            proc.send_signal(sig)  # psutil re-checks pid + create time right before kill()
+        return True
+    except (ProcessLookupError, PermissionError, psutil.Error):
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def send_signal(
+    pid: int,
+    start_time: StartTime,
+    cmd: Cmd,
+    sig: int,
+    tolerance: float = START_TIME_TOLERANCE,
+    *,
+    marker: Marker = None,
+) -> bool:
+    """Send sig to pid only if its identity is proven; return whether it was sent."""
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    return _signal_pinned(
+        pid, child, sig, lambda: proven_process(pid, start_time, cmd, tolerance, marker=marker)
+    )
+
+
+def _scan_marker(marker: str) -> Iterator[psutil.Process]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no procfs: only psutil's children() walk is available
+        return
+    for name in names:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        found = _read_markers(int(name), marker.encode())
+        if found and (found[0] == marker or marker in found[1]):
+            try:
+                yield psutil.Process(int(name))
+            except psutil.Error:
+                continue
+
+
+def find_descendants(
+    pid: int, start_time: StartTime, marker: Marker = None, *, tolerance: float = START_TIME_TOLERANCE
+) -> list[psutil.Process]:
+    """Return the live descendants: children of the proven root plus every process carrying the marker."""
+    found: dict[int, psutil.Process] = {}
+    root = proven_process(pid, start_time, None, tolerance, marker=marker)
+    if root is not None:
+        try:
+            found.update((p.pid, p) for p in root.children(recursive=True))
+        except psutil.Error:
+            pass
+    if marker is not None:
+        found.update((p.pid, p) for p in _scan_marker(marker) if p.pid not in found)
+    if root is not None:
+        found.pop(root.pid, None)  # with the root gone, a marked process on its pid is a descendant
+    found.pop(os.getpid(), None)
+    return [p for _, p in sorted(found.items()) if p.pid > 1 and _is_alive_proc(p)]
+
+
+def _wait_gone(procs: list[psutil.Process], child: _Child | None, deadline: float) -> None:
+    # Not psutil.wait_procs: it waitpid()s our own children behind Popen's back (Popen then reports
+    # exit code 0), and it counts other parents' unreaped zombies as alive.
+    delay = 0.005
+    while True:
+        if child is not None:
+            _poll_child(child)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not any(_is_alive_proc(p) for p in procs):
+            return
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+
+
+def kill_tree(
+    pid: int,
+    start_time: StartTime,
+    cmd: Cmd = None,
+    marker: Marker = None,
+    graceful_timeout: float = 2.0,
+    *,
+    tolerance: float = START_TIME_TOLERANCE,
+) -> int:
+    """SIGTERM the proven root and all descendants at once, SIGKILL survivors; return how many died."""
+    root = proven_process(pid, start_time, cmd, tolerance, marker=marker)
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    if root is None and marker is None:
+        return 0  # nothing proven, and no marker to find escaped descendants by
+    known: dict[int, psutil.Process] = {root.pid: root} if root is not None else {}
+    signalled: dict[int, psutil.Process] = {}
+    sig, wait_s = (signal.SIGTERM, graceful_timeout) if graceful_timeout > 0 else (signal.SIGKILL, _KILL_WAIT)
+    # Several rounds: what forks while we signal carries the marker and turns up in the rescan.
+    for _ in range(4):
+        known.update((p.pid, p) for p in find_descendants(pid, start_time, marker, tolerance=tolerance))
+        targets = [p for p in known.values() if _is_alive_proc(p)]
+        if not targets:
+            break
+        for proc in targets:
+            # A tree member is proven by psutil's pid + create time identity, checked after pinning.
+            own = child if root is not None and proc.pid == root.pid else None
+            if _signal_pinned(proc.pid, own, sig, lambda p=proc: p if _is_alive_proc(p) else None):
+                signalled[proc.pid] = proc
+        _wait_gone(targets, child, time.monotonic() + wait_s)
+        sig, wait_s = signal.SIGKILL, _KILL_WAIT
+    if child is not None:
+        _poll_child(child)
+    return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
+
+
+def reap(
+    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
+) -> int | None:
+    """Return the true exit code of our exited child (reaping it); None if still running or not ours."""
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    if child is not None:
+        return _poll_child(child)
+    # Not launched through spawn() in this process: reap it only if it is our own proven zombie child.
+    try:
+        proc = psutil.Process(pid)
+        if proc.ppid() != os.getpid() or proc.status() != psutil.STATUS_ZOMBIE:
+            return None
+        if start_time is None or abs(proc.create_time() - start_time) > tolerance:
+            return None
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except (psutil.Error, ChildProcessError, ValueError):
+        return None
+    return _exit_code(os.waitstatus_to_exitcode(status)) if waited else None
+
+
+def wait(
+    pid: int,
+    start_time: StartTime,
+    cmd: Cmd = None,
+    *,
+    marker: Marker = None,
+    timeout: float | None = None,
+    tolerance: float = START_TIME_TOLERANCE,
+    poll_interval: float = 0.05,
+) -> int | None:
+    """Wait until the proven process ends; return its exit code if known; TimeoutError past timeout."""
+    _check_timeout(timeout)
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    if child is not None:
+        try:
+            child.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"process {pid} still running after {timeout}s") from None
+        return _poll_child(child)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while is_alive(pid, start_time, cmd, tolerance, marker=marker):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"process {pid} still running after {timeout}s")
+        time.sleep(poll_interval)
+    return reap(pid, start_time, marker=marker, tolerance=tolerance)
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+    ):
+        raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
+
+
+def _child_env(env: Mapping[str, object] | None, inherit_env: bool, marker: str) -> dict[str, str]:
+    result = dict(os.environ) if inherit_env else {}
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise ValueError(f"env keys must be non-empty str without '=', got {key!r}")
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list | dict):
+            result[key] = json.dumps(value)
+        else:
+            result[key] = str(value)
+    # The lineage comes from *this* process, so a launch made by a launched process stays findable
+    # from every level above it.
+    lineage = [m for m in os.environ.get(LINEAGE_ENV, "").split(",") if m]
+    result[MARKER_ENV] = marker
+    result[LINEAGE_ENV] = ",".join([*lineage, marker])
+    return result
+
+
+def _open_log(path: StrPath):
+    if path is None:
+        return open(os.devnull, "ab")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")
+
+
+def spawn(
+    cmd: Sequence[str],
+    cwd: StrPath = None,
+    env: Mapping[str, object] | None = None,
+    stdout_path: StrPath = None,
+    stderr_path: StrPath = None,
+    *,
+    inherit_env: bool = True,
+    marker: Marker = None,
+) -> Spawned:
+    """Start cmd in its own session with output appended to files; exec failures give exit 127/126."""
+    if (
+        isinstance(cmd, str | bytes)
+        or not isinstance(cmd, Sequence)
+        or not cmd
+        or not cmd[0]
+        or not all(isinstance(arg, str) for arg in cmd)
+    ):
+        raise ValueError(f"cmd must be a non-empty list of str, got {cmd!r}")
+    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
+    if not os.path.isdir(cwd):
+        raise ValueError(f"cwd does not exist or is not a directory: {cwd!r}")
+    if marker is None:
+        marker = uuid.uuid4().hex
+    elif not _MARKER_RE.match(marker):
+        raise ValueError(f"marker must be 8-128 characters of [A-Za-z0-9_-], got {marker!r}")
+    child_env = _child_env(env, inherit_env, marker)
+    with _open_log(stdout_path) as out, _open_log(stderr_path) as err:
+        try:
+            popen = subprocess.Popen(
+                list(cmd), cwd=cwd, env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        except OSError as exc:
+            # What a shell would say: 127 when there is no such file, 126 when it cannot be run.
+            code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
+            message = f"cannot execute {cmd[0]!r}: {exc.strerror or exc} (exit code {code})"
+            err.write(f"[machine.process_utils] {message}\n".encode())
+            return Spawned(pid=None, start_time=None, marker=marker, exit_code=code, error=message)
+    # Until we wait() on it the child cannot be reaped, so its pid and /proc entry are still its own.
+    try:
+        pidfd = _pin(popen.pid)
+    except ProcessLookupError:
+        pidfd = None
+    start_time = get_start_time(popen.pid) or time.time()  # (an unreaped child always has one)
+    _register(_Child(popen.pid, start_time, marker, popen, pidfd))
+    return Spawned(pid=popen.pid, start_time=start_time, marker=marker, pidfd=pidfd, popen=popen)
+
+
+def run_foreground(
+    cmd: Sequence[str],
+    cwd: StrPath = None,
+    env: Mapping[str, object] | None = None,
+    stdout_path: StrPath = None,
+    stderr_path: StrPath = None,
+    *,
+    timeout: float | None = None,
+    grace: float = 0.0,
+    inherit_env: bool = True,
+    marker: Marker = None,
+) -> Spawned:
+    """Spawn cmd and wait for it; past timeout kill the whole tree (SIGTERM + grace) and report 137."""
+    _check_timeout(timeout)
+    spawned = spawn(cmd, cwd, env, stdout_path, stderr_path, inherit_env=inherit_env, marker=marker)
+    if spawned.exit_code is not None:
+        return spawned
+    identity = (spawned.pid, spawned.start_time, cmd, spawned.marker)
+    try:
+        spawned.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(*identity, graceful_timeout=grace, tolerance=EXACT_START_TOLERANCE)
+        spawned.exit_code, spawned.timed_out = EXIT_KILLED, True
+        return spawned
+    except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
+        kill_tree(*identity, graceful_timeout=0, tolerance=EXACT_START_TOLERANCE)
+        raise
+    spawned.exit_code = reap(spawned.pid, spawned.start_time, marker=spawned.marker)
+    return spawned
+
+
+def _last_lines(f, lines: int, keep_partial: bool) -> tuple[list[bytes], bytes, int]:
+    # Read blocks backwards from the end until lines + 1 newlines are seen (or the scan cap).
+    end = f.seek(0, os.SEEK_END)
+    pos, chunks, newlines = end, [], 0
+    while pos > 0 and newlines <= lines and end - pos < _TAIL_MAX_BYTES:
+        step = min(_TAIL_BLOCK, pos)
+        pos -= step
+        f.seek(pos)
+        chunks.append(f.read(step))
+        newlines += chunks[-1].count(b"\n")
+    body, newline, partial = b"".join(reversed(chunks)).rpartition(b"\n")
+    found = body.split(b"\n") if newline else []
+    if keep_partial and partial:
+        found, partial = [*found, partial], b""
+    if pos > 0:
+        found = found[1:]  # the first one was cut at the block boundary
+    return (found[-lines:] if lines else []), partial, end
+
+
+def tail(
+    path: str | os.PathLike,
+    lines: int = 50,
+    follow: bool = False,
+    poll_interval: float = 0.1,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[str]:
+    """Yield the last lines of path (without newlines); with follow, then appended lines until stop()."""
+    if lines < 0:
+        raise ValueError(f"lines must be >= 0, got {lines!r}")
+    stopped = stop or (lambda: False)
+    while True:  # following a file that does not exist yet means waiting for it
+        try:
+            f = open(path, "rb")
+            break
+        except FileNotFoundError:
+            if not follow or stopped():
+                return
+            time.sleep(poll_interval)
+    try:
+        found, partial, pos = _last_lines(f, lines, keep_partial=not follow)
+        yield from (line.decode(errors="replace") for line in found)
+        while follow:
+            done = stopped()  # asked before the last read, so nothing written before stop() is lost
+            try:
+                st = os.stat(path)
+                if st.st_ino != os.fstat(f.fileno()).st_ino:  # replaced (rotated): follow the new file
+                    f.close()
+                    f, pos, partial = open(path, "rb"), 0, b""
+                elif st.st_size < pos:  # truncated: start over
+                    pos, partial = 0, b""
+            except FileNotFoundError:
+                pass
+            f.seek(pos)
+            data = f.read()
+            pos += len(data)
+            *complete, partial = (partial + data).split(b"\n")
+            yield from (line.decode(errors="replace") for line in complete)
+            if done:
+                if partial:
+                    yield partial.decode(errors="replace")
+                return
+            time.sleep(poll_interval)
+    finally:
+        f.close()  # the one open now, which after a rotation is not the first
