@@ -243,8 +243,12 @@ def proven_process(
     if child is not None and _poll_child(child) is not None:
         return None  # our child has exited: whatever holds the pid now is someone else
     if marker is not None:
-        own = (_read_markers(pid) or (None, set()))[0]
-        if own is not None and own != marker:
+        markers = _read_markers(pid)
+        own = markers[0] if markers is not None else None
+        # Every process launched with a marker starts with it in its environ, so a readable environ
+        # without it (or with another launch's) is a recycled pid, even on the same start tick with
+        # the same command line. Only an unreadable environ leaves start time and command to decide.
+        if markers is not None and own != marker:
             return None
         if own == marker:
             tolerance = max(tolerance, START_TIME_TOLERANCE)

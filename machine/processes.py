@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -374,6 +375,86 @@ class ProcessMixin:
 
     def pipe_stderr(self, lines: int = 10, follow: bool = True) -> None:
         self.pipe("stderr", lines, follow)
+
+    def stream_output(
+        self, stdout=None, stderr=None, *, deadline: float | None = None, poll_interval: float = 0.05
+    ) -> None:
+        """Copy both logs to stdout/stderr as they grow, until the process ends or `deadline` (monotonic)."""
+        stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+
+        def done() -> bool:
+            return not self.is_running or (deadline is not None and time.monotonic() >= deadline)
+
+        def copy(path: Path, out) -> None:
+            lines = process_utils.tail(
+                path, lines=sys.maxsize, follow=True, poll_interval=poll_interval, stop=done
+            )
+            for line in lines:
+                out.write(line + "\n")
+                out.flush()
+
+        err_thread = threading.Thread(target=copy, args=(self.stderr_file, stderr), daemon=True)
+        err_thread.start()
+        copy(self.stdout_file, stdout)
+        err_thread.join()
+
+    def run_attached(self, stdout=None, stderr=None) -> int | None:
+        """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
+        self.launch(background=True)
+        if self.status != ProcessStatus.RUNNING:
+            (stderr or sys.stderr).write(self.stderr)
+            return self.exit_code
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        try:
+            self.stream_output(stdout, stderr, deadline=deadline)
+        except BaseException:  # Ctrl-C: never leave the tree running behind us
+            self.kill_tree(graceful_timeout=0)
+            raise
+        if self.is_running:  # past the deadline
+            self.kill_tree(graceful_timeout=0)
+            self._finish(process_utils.EXIT_KILLED)
+            return self.exit_code
+        return self.wait(timeout=5)
+
+    @classmethod
+    def kill_by_reference(cls, *, row_id=None, pid: int | None = None, graceful_timeout: float = 5.0):
+        """Terminate the tree of the row named by id or OS pid; LookupError unless it is provably ours."""
+        if row_id is not None:
+            try:
+                process = cls._default_manager.filter(pk=row_id).first()
+            except (ValueError, TypeError, ValidationError):
+                process = None
+            if process is None:
+                raise LookupError(f"no process row with id {row_id!r}")
+        else:
+            process = cls._default_manager.get_by_pid(pid)
+            if process is None:
+                raise LookupError(
+                    f"refusing: pid {pid} is not a running process tracked on this machine "
+                    "(unknown, exited, or its pid was reused by another process)"
+                )
+        if process.status != ProcessStatus.RUNNING or not process.is_running:
+            raise LookupError(
+                f"refusing: pid {process.pid} of row {process.id} is not provably ours "
+                "(the process is gone or its pid now belongs to another process)"
+            )
+        killed = process.kill_tree(graceful_timeout=graceful_timeout)
+        return process, killed
+
+    @staticmethod
+    def format_table(rows: Iterable) -> str:
+        """A plain text table of processes: id, pid, type, status, started_at, cmd."""
+        header = ("ID", "PID", "TYPE", "STATUS", "STARTED", "CMD")
+        lines = [header]
+        for p in rows:
+            started = p.started_at.strftime("%Y-%m-%d %H:%M:%S") if p.started_at else "-"
+            cmd = shlex.join(str(a) for a in (p.cmd or []))
+            lines.append((str(p.id), str(p.pid or "-"), p.process_type, p.status, started, cmd[:80]))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+        return "\n".join(
+            "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:-1])) + "  " + row[-1]
+            for row in lines
+        )
 
     @classmethod
     def parse_records_from_text(cls, text: str) -> list[dict]:

@@ -198,8 +198,11 @@ def test_process_without_marker_falls_back_to_start_time_and_command():
     pid = os.posix_spawn("/bin/sleep", ["sleep", "30"], env)
     try:
         start = pu.get_start_time(pid)
-        assert pu.is_alive(pid, start, ["sleep"], EXACT, marker="a" * 32)
-        assert not pu.is_alive(pid, start + 1.0, ["sleep"], EXACT, marker="a" * 32)
+        assert pu.is_alive(pid, start, ["sleep"], EXACT)
+        assert not pu.is_alive(pid, start + 1.0, ["sleep"], EXACT)
+        # Asked for a launch marker it does not carry: a recycled pid, whatever the start time says.
+        assert not pu.is_alive(pid, start, ["sleep"], EXACT, marker="a" * 32)
+        assert not pu.send_signal(pid, start, ["sleep"], signal.SIGTERM, EXACT, marker="a" * 32)
         assert pu.send_signal(pid, start, ["sleep"], signal.SIGTERM, EXACT)
         wait_until(lambda: gone(pid), message="sleep to die")
         assert pu.reap(pid, start, tolerance=EXACT) == 143

@@ -1,0 +1,52 @@
+"""`manage.py run -- CMD ARGS...`: launch a tracked process in the foreground and exit with its code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from django.core.management.base import BaseCommand, CommandError
+
+from machine.models import Process
+from machine.processes import ProcessInputError
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
+class Command(BaseCommand):
+    help = "Launch CMD as a tracked Process, stream its output and exit with its exit code."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--timeout", type=non_negative_int, default=0,
+            help="Seconds before the whole process tree is killed; 0 = no limit (default: %(default)r)",
+        )  # fmt: skip
+        parser.add_argument("--cwd", default=None, help="Working directory (default: the current one)")
+        parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+
+    def handle(self, *, command: list[str], timeout: int, cwd: str | None, **options) -> None:
+        if command and command[0] == "--":
+            command = command[1:]
+        if not command:
+            raise CommandError("nothing to run: use `manage.py run -- CMD ARGS...`")
+        process = Process(
+            machine=Process.current().machine,
+            parent=Process.current(),
+            cmd=command,
+            pwd=os.path.abspath(cwd or os.getcwd()),
+            timeout=timeout,
+        )
+        try:
+            code = process.run_attached(self.stdout, self.stderr)
+        except ProcessInputError as exc:
+            raise CommandError(str(exc)) from None
+        if code:
+            raise CommandError(f"{command[0]} exited with code {code}", returncode=code)
