@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,13 @@ def run_hook(
         timeout=int(timeout),
         parent=parent,
     )
+    started = time.monotonic()
     try:
-        if not hasattr(process, "launch"):  # TEMPORARY bridge until branch `process` lands
-            _bridge_launch(process, background)
         process.launch(background=background)
         if not background and process.exit_code is None:
             process.wait(timeout=timeout)
+        if not background and process.exit_code == EXIT_TIMED_OUT and time.monotonic() - started >= timeout:
+            _record_not_run(process, f"hook timed out after {timeout}s and was killed", EXIT_TIMED_OUT)
     except TimeoutError:
         process.kill_tree()
         _record_not_run(process, f"hook timed out after {timeout}s and was killed", EXIT_TIMED_OUT)
@@ -99,37 +101,3 @@ def run_hook(
         logger.exception("hook %s could not be run", script)
         _record_not_run(process, f"hook could not be run: {type(err).__name__}: {err}")
     return process
-
-
-def _bridge_launch(process, background):  # TEMPORARY: removed once Process.launch() is merged
-    import os
-    import signal
-    import subprocess
-    import types
-
-    def launch(self, background=False):
-        self.started_at = timezone.now()
-        popen = subprocess.Popen(
-            self.cmd,
-            cwd=self.pwd,
-            env={**os.environ, **self.env},
-            stdout=-1,
-            stderr=-1,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-        )
-        self.pid, self.status = popen.pid, "running"
-        try:
-            self.stdout, self.stderr = popen.communicate(timeout=self.timeout)
-            self.exit_code = popen.returncode if popen.returncode >= 0 else 128 - popen.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(popen.pid, signal.SIGKILL)
-            self.stdout, self.stderr = popen.communicate()
-            self.exit_code = 137
-            self.stderr += "hook timed out and was killed\n"
-        self.status, self.ended_at = "exited", timezone.now()
-        self.save()
-
-    process.launch = types.MethodType(launch, process)

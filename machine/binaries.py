@@ -478,11 +478,15 @@ class BinaryMixin:
         self.increment_health_stats(False)
 
     def hook_processes(self) -> models.QuerySet:
-        """The hook Process rows run for this binary (they run in its output_dir)."""
+        """The hook Process rows run for this binary (they run in its output_dir), oldest first."""
         process_model = (
             self._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
         )
-        return process_model._default_manager.filter(process_type="hook", pwd=str(self.output_dir))
+        # By the id at the end of the path, so rows written under another DATA_DIR still count.
+        suffix = f"/binaries/{self.name}/{self.id}"
+        return process_model._default_manager.filter(process_type="hook", pwd__endswith=suffix).order_by(
+            "created_at"
+        )
 
     def cleanup(self) -> int:
         """Stop background hook processes of this binary that are still running; the count stopped."""

@@ -16,7 +16,14 @@ class BinaryInstallError(RuntimeError):
 
 
 class BinaryMachine(BaseStateMachine):
-    """queued -> installed: a tick finds or installs the binary; a failure keeps it queued."""
+    """queued -> installed: a tick finds or installs the binary; a failure keeps it queued.
+
+    Binary.run() writes the outcome itself, one UPDATE each way (machine/binaries.py): success fills
+    the row, sets installed, clears retry_at, counts a success and links lib/bin; failure keeps it
+    queued with retry_at = now + 5 min and counts a failure, then on_install raises
+    BinaryInstallError so the transition is aborted. Binary.tick_claimed() treats that as a normal
+    outcome (returns True); a bare `sm.tick()` lets it propagate, with the row already consistent.
+    """
 
     model_attr_name = "binary"
 

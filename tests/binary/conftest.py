@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def lib_dir(data_dir, settings) -> Path:
@@ -59,4 +61,4 @@ def calls(marker: Path) -> list[str]:
     return marker.read_text().splitlines() if marker.exists() else []
 
 
-__all__ = ["calls", "os"]
+__all__ = ["ROOT", "calls", "os"]
