@@ -16,10 +16,8 @@ from typing import Any
 from django.utils.text import Truncator
 
 from machine.models import MACHINE_CONFIG_ALLOWED_KEYS, _sanitize_machine_config
+from machine.process_utils import REDACTED, SECRET_KEY_PARTS, redact_env
 
-#: Parts of a name (upper-cased) that mark its value as a secret.
-SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "COOKIE")
-REDACTED = "********"
 #: Lines of stdout/stderr shown on a process's detail page.
 TAIL_LINES = 50
 
@@ -37,13 +35,7 @@ def redact_env_for_display(env: object) -> list[tuple[str, str]]:
     """Sorted (key, value) pairs of an env dict, secret-looking values replaced; [] for a non-dict."""
     if not isinstance(env, Mapping):
         return []
-    pairs = []
-    for key, value in env.items():
-        shown = "" if value is None else str(value)
-        if is_secret_key(key) and shown:
-            shown = REDACTED
-        pairs.append((str(key), shown))
-    return sorted(pairs)
+    return sorted((str(key), "" if value is None else str(value)) for key, value in redact_env(env).items())
 
 
 def redact_cmd(cmd: object) -> list[str]:
