@@ -18,7 +18,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
@@ -67,7 +67,7 @@ def _process_table(processes, empty: str) -> str:
             process_label(p.pk, p.cmd, p.status),
             p.process_type,
             "" if p.exit_code is None else p.exit_code,
-            p.started_at or "",
+            formats.date_format(timezone.localtime(p.started_at), "DATETIME_FORMAT") if p.started_at else "",
         )
         for p in processes.order_by("-created_at")[:PROCESS_TABLE_LIMIT]
     ]
@@ -394,6 +394,7 @@ class ProcessAdmin(admin.ModelAdmin):
         "machine_link",
         "binary_link",
         "parent_link",
+        "children_count",
         "started_at",
     ]
     list_display_links = ["short_id"]
@@ -473,6 +474,15 @@ class ProcessAdmin(admin.ModelAdmin):
             context["safe_label"] = process_label(obj.pk, obj.cmd, obj.status)
             context["title"] = f"Change history: {context['safe_label']}"
         return super().history_view(request, object_id, {**context, **(extra_context or {})})
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_children=Count("children"))
+
+    @admin.display(description="Children", ordering="_children")
+    def children_count(self, obj):
+        if not obj._children:
+            return "0"
+        return _changelist_link(Process, f"parent__id__exact={obj.pk}", str(obj._children))
 
     def action_checkbox(self, obj):
         """Django's checkbox, but its aria-label uses the redacted label (str(process) shows raw argv)."""

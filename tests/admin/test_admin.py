@@ -257,6 +257,19 @@ def test_machine_config_is_validated_by_the_sanitiser(admin_client, machine, row
     assert machine.config == {"CURL_BINARY": "curl"}
 
 
+def test_binary_install_request_is_editable_and_the_result_is_not(admin_client, rows):
+    binary = rows["binary"]
+    response = admin_client.post(
+        change(binary),
+        {"binproviders": "apt,brew", "overrides": '{"apt": {"packages": ["wget2"]}}', "abspath": "/tmp/evil"},
+    )
+    assert response.status_code == 302
+    binary.refresh_from_db()
+    assert binary.binproviders == "apt,brew"
+    assert binary.overrides == {"apt": {"packages": ["wget2"]}}
+    assert binary.abspath == "/usr/bin/wget"
+
+
 def test_interface_fingerprint_is_read_only(admin_client, rows):
     iface = rows["iface"]
     response = admin_client.post(
@@ -297,6 +310,9 @@ def test_changelists_filter_and_search(admin_client, machine, rows):
     assert list(by_pid.context["cl"].result_list) == [rows["parent"]]
     by_cmd = admin_client.get(url + "?q=run_worker")
     assert list(by_cmd.context["cl"].result_list) == [rows["parent"]]
+    children = admin_client.get(url + f"?parent__id__exact={rows['hook'].pk}")
+    assert list(children.context["cl"].result_list) == [rows["leaky"]]
+    assert f'?parent__id__exact={rows["parent"].pk}">1</a>' in admin_client.get(url).content.decode()
 
 
 # -- actions on real processes --------------------------------------------------------------------
