@@ -1,0 +1,10 @@
+"""Built-in on_BinaryRequest hook for apt: installs system-wide with apt-get (needs root). Contract: hooks/provider_hook.py."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the folder that holds `hooks/`
+from hooks.provider_hook import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("apt", sys.argv[1:]))
