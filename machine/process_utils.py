@@ -491,6 +491,26 @@ def _open_log(path: StrPath):
     return open(path, "ab")
 
 
+def _wait_exec_visible(popen: subprocess.Popen, timeout: float = 1.0) -> None:
+    # Popen returns once execve() has closed its error pipe, but the new image's argv/environ pages
+    # are mapped a moment later: until then /proc/<pid>/cmdline and environ read empty, and an
+    # identity check (command, marker) made right away would wrongly refuse our own child.
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{popen.pid}/cmdline", "rb") as f:
+                if f.read(1):
+                    return
+            with open(f"/proc/{popen.pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    return  # already exited (not reaped here: its status stays with the registry)
+        except (OSError, IndexError):
+            return  # no procfs (or gone): nothing to wait for
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
 def spawn(
     cmd: Sequence[str],
     cwd: StrPath = None,
@@ -536,6 +556,7 @@ def spawn(
     except ProcessLookupError:
         pidfd = None
     start_time = get_start_time(popen.pid) or time.time()  # (an unreaped child always has one)
+    _wait_exec_visible(popen)
     _register(_Child(popen.pid, start_time, marker, popen, pidfd))
     return Spawned(pid=popen.pid, start_time=start_time, marker=marker, pidfd=pidfd, popen=popen)
 

@@ -398,9 +398,9 @@ class ProcessMixin:
         copy(self.stdout_file, stdout)
         err_thread.join()
 
-    def run_attached(self, stdout=None, stderr=None) -> int | None:
+    def run_attached(self, stdout=None, stderr=None, cwd: str | None = None) -> int | None:
         """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
-        self.launch(background=True)
+        self.launch(background=True, cwd=cwd)
         if self.status != ProcessStatus.RUNNING:
             (stderr or sys.stderr).write(self.stderr)
             return self.exit_code
@@ -535,27 +535,38 @@ class ProcessMixin:
         for path in (self.stdout_file, self.stderr_file):
             path.write_bytes(b"")  # one run per row: start clean
         files = (self.stdout_file, self.stderr_file)
-        env = self._child_env()
-        if background:
-            spawned = process_utils.spawn(self.cmd, workdir, env, *files)
-        else:
-            spawned = process_utils.run_foreground(
-                self.cmd, workdir, env, *files, timeout=self.timeout or None
-            )
+        spawned = process_utils.spawn(self.cmd, workdir, self._child_env(), *files)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time
         self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
-        if spawned.exit_code is not None:  # finished, timed out, or could not be executed
+        if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
             self._finish(spawned.exit_code)
             return self
         self.status = ProcessStatus.RUNNING
         self.exit_code = None
         self.ended_at = None
         self.retry_at = timezone.now()  # due: the next tick polls it
-        self._write_pid_file()
-        self.save()
+        if background:
+            self._write_pid_file()
+        self.save()  # visible (and findable by the child's own Process.current()) while it runs
+        if not background:
+            self._finish(self._wait_foreground())
         return self
+
+    def _wait_foreground(self) -> int | None:
+        """Wait for our child; past `timeout` its whole tree (escaped descendants too) dies: 137."""
+        pid, start, cmd, tolerance, marker = self._proven_args()
+        try:
+            return process_utils.wait(
+                pid, start, cmd, marker=marker, timeout=self.timeout or None, tolerance=tolerance
+            )
+        except TimeoutError:
+            process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
+            return process_utils.EXIT_KILLED
+        except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
+            process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
+            raise
 
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()
@@ -753,7 +764,9 @@ class ProcessMixin:
         return stopped
 
     @classmethod
-    def cleanup_orphaned_chrome(cls, data_dir: str | os.PathLike | None = None) -> int:
+    def cleanup_orphaned_chrome(
+        cls, data_dir: str | os.PathLike | None = None, min_age: float = CHROME_PID_FILE_MIN_AGE
+    ) -> int:
         """Kill browser trees named by stale `chrome*/*.pid` files under DATA_DIR; return how many died.
 
         A pid file's mtime is its process's start time: a live process whose start time, pid and
@@ -763,7 +776,7 @@ class ProcessMixin:
         if not root.is_dir():
             return 0
         killed = 0
-        cutoff = time.time() - CHROME_PID_FILE_MIN_AGE
+        cutoff = time.time() - min_age
         for pid_file in root.rglob("*.pid"):
             if "chrom" not in pid_file.parent.name.lower() and "chrom" not in pid_file.name.lower():
                 continue

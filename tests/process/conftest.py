@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 LOCK_FILE = Path("/tmp/machine-tests-ns_last_pid.lock")
 

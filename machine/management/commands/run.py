@@ -7,6 +7,7 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from machine.conf import machine_settings
 from machine.models import Process
 from machine.processes import ProcessInputError
 
@@ -37,15 +38,17 @@ class Command(BaseCommand):
             command = command[1:]
         if not command:
             raise CommandError("nothing to run: use `manage.py run -- CMD ARGS...`")
-        process = Process(
-            machine=Process.current().machine,
-            parent=Process.current(),
-            cmd=command,
-            pwd=os.path.abspath(cwd or os.getcwd()),
-            timeout=timeout,
-        )
+        current = Process.current()
+        process = Process(machine=current.machine, parent=current, cmd=command, timeout=timeout)
+        # Logs, pid file and cmd.sh go to a directory of their own under DATA_DIR, not into the
+        # directory the command runs in.
+        process.pwd = str(machine_settings.data_dir / "processes" / str(process.id))
+        workdir = os.path.abspath(cwd or os.getcwd())
         try:
-            code = process.run_attached(self.stdout, self.stderr)
+            if not os.path.isdir(workdir):
+                raise ProcessInputError(f"working directory does not exist: {workdir!r}")
+            os.makedirs(process.pwd, exist_ok=True)
+            code = process.run_attached(self.stdout, self.stderr, cwd=workdir)
         except ProcessInputError as exc:
             raise CommandError(str(exc)) from None
         if code:
