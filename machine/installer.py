@@ -117,6 +117,13 @@ def install_one(binary: Binary) -> Binary:
     return binary
 
 
+def failure_reason(binary: Binary) -> str:
+    """The last stderr line of the latest hook run for this binary (a hook's one-line reason), or ''."""
+    last = binary.hook_processes().exclude(stderr="").last()
+    lines = (last.stderr if last is not None else "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
 def install(
     request: InstallRequest, progress: Callable[[str, Binary, float], None] | None = None
 ) -> list[Binary]:

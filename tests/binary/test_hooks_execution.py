@@ -104,3 +104,18 @@ def test_dispatch_sends_records_by_type_and_skips_unknown_or_rejected_ones():
     assert Binary.objects.get(name="jq").status == "installed"
     assert Binary.objects.get(name="cowsay").status == "queued"
     assert json.dumps(Machine.current().config) == json.dumps({"GIT_BINARY": "/usr/bin/git"})
+
+
+def test_binary_cleanup_stops_its_running_background_hooks(make_hook, lib_dir):
+    binary = Binary.from_json({"name": "tool", "binproviders": "demo"})
+    script = make_hook("demo", "on_BinaryRequest__50_bg.daemon.bg.sh", "sleep 60\n")
+    process = run_hook(script, binary.output_dir, timeout=120, name="tool")
+    assert process.status == "running"
+    # Until the child has exec'd, its command line is still ours and it cannot be proven to be the hook.
+    deadline = time.monotonic() + 10
+    while not process.is_running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert binary.cleanup() == 1
+    process.refresh_from_db()
+    assert process.status == "exited" and not process.is_running
+    assert binary.cleanup() == 0

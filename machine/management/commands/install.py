@@ -42,11 +42,13 @@ class Command(BaseCommand):
             if event == "start":
                 status.start(f"installing {binary.name} ({binary.binproviders})")
             else:
-                ok = binary.status == BinaryStatus.INSTALLED
-                mark = "ok  " if ok else "FAIL"
-                status.stop(
-                    f"{mark} {binary.name} {binary.version or ''} {binary.binprovider or ''} ({seconds:.1f}s)"
-                )
+                if binary.status == BinaryStatus.INSTALLED:
+                    status.stop(
+                        f"ok   {binary.name} {binary.version} via {binary.binprovider} ({seconds:.1f}s)"
+                    )
+                else:
+                    reason = installer.failure_reason(binary) or "no allowed provider found it"
+                    status.stop(f"FAIL {binary.name} ({seconds:.1f}s): {reason}")
 
         try:
             results = installer.install(request, progress=progress)
