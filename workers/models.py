@@ -180,7 +180,8 @@ class ModelWithStateMachine(MachineMixin, models.Model):
         )
         if not pks:
             return []
-        return list(cls._default_manager.filter(pk__in=pks).order_by(cls.retry_at_field_name))
+        # Every claimed row now has the same retry_at; pk order (UUIDv7: creation order) is stable.
+        return list(cls._default_manager.filter(pk__in=pks).order_by("pk"))
 
     def claim_processing_lock(self, lock_seconds: int = 60) -> bool:
         """Claim this row for the calling worker."""
