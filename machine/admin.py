@@ -80,6 +80,15 @@ def _process_table(processes, empty: str) -> str:
     )
 
 
+def _output_tail(tail, stored: str) -> str:
+    """The log file's last lines, else the last lines kept in the row; a page never fails on a bad log."""
+    try:
+        text = join_tail(tail(lines=TAIL_LINES))
+    except OSError as exc:  # e.g. a log another user owns: say so instead of a server error
+        text = f"(log file unreadable: {exc.strerror or exc})"
+    return text or "\n".join((stored or "").splitlines()[-TAIL_LINES:])
+
+
 class ReadOnlyInlineMixin:
     extra = 0
     can_delete = False
@@ -542,11 +551,11 @@ class ProcessAdmin(admin.ModelAdmin):
 
     @admin.display(description=f"stdout (last {TAIL_LINES} lines)")
     def stdout_tail(self, obj):
-        return _pre(join_tail(obj.tail_stdout(lines=TAIL_LINES)) or obj.stdout)
+        return _pre(_output_tail(obj.tail_stdout, obj.stdout))
 
     @admin.display(description=f"stderr (last {TAIL_LINES} lines)")
     def stderr_tail(self, obj):
-        return _pre(join_tail(obj.tail_stderr(lines=TAIL_LINES)) or obj.stderr)
+        return _pre(_output_tail(obj.tail_stderr, obj.stderr))
 
     @admin.action(description="Terminate selected processes (SIGTERM, then SIGKILL)", permissions=["change"])
     def terminate_processes(self, request, queryset):

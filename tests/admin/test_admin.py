@@ -174,6 +174,28 @@ def test_process_detail_shows_redacted_env_quoted_command_links_and_output(admin
     assert change(hook) in parent_html  # children as links
 
 
+def test_process_detail_tails_the_log_files_else_the_stored_output(admin_client, machine, tmp_path):
+    logged = Process.objects.create(machine=machine, cmd=["seq", "200"], pwd=str(tmp_path / "a"))
+    logged.stdout_file.parent.mkdir(parents=True)
+    logged.stdout_file.write_text("".join(f"file line {i}\n" for i in range(1, 201)))
+    stored = Process.objects.create(
+        machine=machine,
+        cmd=["seq", "200"],
+        pwd=str(tmp_path / "b"),
+        stdout="".join(f"row line {i}\n" for i in range(1, 201)),
+    )
+    broken = Process.objects.create(machine=machine, cmd=["seq", "1"], pwd=str(tmp_path / "c"))
+    broken.stderr_file.mkdir(parents=True)  # a directory where the log should be: unreadable as a file
+
+    html = admin_client.get(change(logged)).content.decode()
+    assert "file line 200" in html and "file line 151" in html and "file line 150\n" not in html
+    html = admin_client.get(change(stored)).content.decode()
+    assert "row line 200" in html and "row line 151" in html and "row line 150\n" not in html
+    response = admin_client.get(change(broken))
+    assert response.status_code == 200
+    assert "(log file unreadable: Is a directory)" in response.content.decode()
+
+
 def test_binary_page_links_to_its_hook_runs(admin_client, rows):
     html = admin_client.get(change(rows["binary"])).content.decode()
     assert change(rows["hook"]) in html
