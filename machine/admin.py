@@ -29,6 +29,7 @@ from machine.admin_helpers import (
     join_tail,
     process_label,
     redact_env_for_display,
+    redact_nested,
     shell_command,
 )
 from machine.choices import BinaryStatus, ProcessStatus
@@ -339,6 +340,26 @@ class BinaryAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # requests arrive as BinaryRequest records from hooks
+
+    def get_fieldsets(self, request, obj=None):
+        """Overrides holding a secret-looking key are shown redacted and read-only, never in a textarea."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or not redact_nested(obj.overrides)[1]:
+            return fieldsets
+        swap = {"overrides": "overrides_redacted"}
+        return [
+            (name, {**opts, "fields": [swap.get(f, f) for f in opts["fields"]]}) for name, opts in fieldsets
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and redact_nested(obj.overrides)[1]:
+            fields.append("overrides_redacted")
+        return fields
+
+    @admin.display(description="Overrides (secrets redacted; read-only here)")
+    def overrides_redacted(self, obj):
+        return _json_block(redact_nested(obj.overrides)[0])
 
     @admin.display(description="Machine", ordering="machine__hostname")
     def machine_link(self, obj):

@@ -292,6 +292,22 @@ def test_binary_install_request_is_editable_and_the_result_is_not(admin_client, 
     assert binary.abspath == "/usr/bin/wget"
 
 
+def test_binary_overrides_with_a_secret_are_shown_redacted_and_cannot_be_edited(admin_client, rows):
+    binary = rows["binary"]
+    overrides = {
+        "pip": {"install_args": ["--index-url", "https://pypi.example"], "env": {"PIP_TOKEN": "planted-999"}}
+    }
+    Binary.objects.filter(pk=binary.pk).update(overrides=overrides)
+    html = admin_client.get(change(binary)).content.decode()
+    assert "planted-999" not in html
+    assert "&quot;PIP_TOKEN&quot;: &quot;********&quot;" in html and "https://pypi.example" in html
+    assert 'name="overrides"' not in html
+    response = admin_client.post(change(binary), {"binproviders": "pip", "overrides": "{}"})
+    assert response.status_code == 302
+    binary.refresh_from_db()
+    assert binary.overrides == overrides and binary.binproviders == "pip"
+
+
 def test_interface_fingerprint_is_read_only(admin_client, rows):
     iface = rows["iface"]
     response = admin_client.post(

@@ -12,6 +12,7 @@ from machine.admin_helpers import (
     join_tail,
     redact_cmd,
     redact_env_for_display,
+    redact_nested,
     shell_command,
 )
 
@@ -83,3 +84,18 @@ def test_config_problems_explain_what_the_sanitiser_drops(tmp_path):
     assert config_problems("nope") == [
         'The config must be a JSON object, e.g. {"WGET_BINARY": "/usr/bin/wget"}.'
     ]
+
+
+def test_nested_values_of_secret_looking_keys_are_redacted():
+    value = {
+        "pip": {"env": {"API_KEY": "k", "HOME": "/h"}, "args": [{"token": "t"}, "x"]},
+        "apt": {"secret": ""},
+    }
+    assert redact_nested(value) == (
+        {
+            "pip": {"env": {"API_KEY": REDACTED, "HOME": "/h"}, "args": [{"token": REDACTED}, "x"]},
+            "apt": {"secret": ""},
+        },
+        True,
+    )
+    assert redact_nested({"pip": {"packages": ["a"]}}) == ({"pip": {"packages": ["a"]}}, False)
