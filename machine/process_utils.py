@@ -234,8 +234,9 @@ def proven_process(
 ) -> psutil.Process | None:
     """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
 
-    A marker visible in the environ settles identity, so the start time then only has to be within
-    START_TIME_TOLERANCE (a wall-clock step moves every create_time); another launch's marker refuses.
+    With a marker, a readable environ must carry it (a recycled pid does not, even on the same start
+    tick with the same command); once seen it settles identity, so the start time then only has to be
+    within START_TIME_TOLERANCE (a wall-clock step moves every create_time).
     """
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None
@@ -409,6 +410,14 @@ def kill_tree(
     if child is not None:
         _poll_child(child)
     return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
+
+
+def known_exit_code(
+    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
+) -> int | None:
+    """Exit code of a child spawned here that has ended (reaping it if needed); no /proc access."""
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    return _poll_child(child) if child is not None else None
 
 
 def reap(
