@@ -51,6 +51,10 @@ JSON_FIELDS = (
 )
 
 
+#: What _finish() writes to a row that is already saved.
+FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at")
+
+
 class ProcessInputError(ValueError):
     """A Process cannot be launched as described (bad cmd, pwd or timeout); nothing was spawned."""
 
@@ -328,7 +332,16 @@ class ProcessMixin:
             if value is not None:
                 lines.append(f"export {key}={shlex.quote(str(value))}")
         lines.append(f"exec {shlex.join(self.cmd)}")
-        self.cmd_file.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        path = self.cmd_file
+        # Rewriting an unchanged file is not free: on ext4, truncating and rewriting a non-empty file
+        # flushes it on close (auto_da_alloc), a few ms per launch when a pwd is reused.
+        try:
+            if path.stat().st_size == len(text.encode()) and path.read_text() == text:
+                return
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        path.write_text(text)
 
     def _write_pid_file(self) -> None:
         path = self.pid_file
@@ -503,7 +516,7 @@ class ProcessMixin:
             texts.append(text)
         return texts[0], texts[1]
 
-    def _finish(self, exit_code: int | None, *, save: bool = True) -> None:
+    def _finish(self, exit_code: int | None, *, all_fields: bool = False) -> None:
         """Record the end: exit code, captured output, ended_at; the pid file goes away."""
         self.exit_code = exit_code_from_status(exit_code)
         self.stdout, self.stderr = self._read_logs()
@@ -511,8 +524,10 @@ class ProcessMixin:
         self.ended_at = timezone.now()
         self.retry_at = None
         self._remove_pid_file()
-        if save:
+        if all_fields or self._state.adding:
             self.save()
+        else:  # a saved running row: only what ending changed
+            self.save(update_fields=FINISH_FIELDS)
 
     def launch(self, background: bool = False, cwd: str | None = None):
         """Spawn cmd (in its own session, output to the log files) and record pid and start time.
@@ -533,7 +548,8 @@ class ProcessMixin:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self._write_cmd_file(os.fspath(workdir))
         for path in (self.stdout_file, self.stderr_file):
-            path.write_bytes(b"")  # one run per row: start clean
+            with open(path, "ab") as log:
+                log.truncate(0)  # one run per row: start clean (and create the file)
         files = (self.stdout_file, self.stderr_file)
         spawned = process_utils.spawn(self.cmd, workdir, self._child_env(), *files)
         self.pid = spawned.pid
@@ -541,7 +557,7 @@ class ProcessMixin:
         self.os_start_time = spawned.start_time
         self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
         if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
-            self._finish(spawned.exit_code)
+            self._finish(spawned.exit_code, all_fields=True)
             return self
         self.status = ProcessStatus.RUNNING
         self.exit_code = None
@@ -567,6 +583,15 @@ class ProcessMixin:
         except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
             process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
             raise
+
+    def record_launch_failure(self, message: str) -> None:
+        """Record that this row could not be launched: EXITED, exit code 126, the reason in stderr."""
+        self.exit_code = process_utils.EXIT_NOT_EXECUTABLE
+        self.stderr = f"cannot launch: {message}\n"
+        self.status = ProcessStatus.EXITED
+        self.ended_at = timezone.now()
+        self.retry_at = None
+        self.save()
 
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()
@@ -698,8 +723,12 @@ class ProcessMixin:
             tolerance = (
                 process_utils.EXACT_START_TOLERANCE if os_start is not None else cls.start_time_tolerance
             )
-            # Our own child that ended: keep its true exit code.
-            code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            # Our own child that ended: keep its true exit code. (A dead pid is not in live_pids,
+            # so only live ones, possibly our zombies, cost a look into /proc.)
+            if pid in live_pids:
+                code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
+            else:
+                code = process_utils.known_exit_code(pid, start, marker=marker or None, tolerance=tolerance)
             if code is not None:
                 stale.append(pk)
                 codes[pk] = code

@@ -76,8 +76,15 @@ class ProcessMachine(BaseStateMachine):
         return self.process.exit_code is not None
 
     def on_launch(self) -> None:
-        """Spawn the command in the background (pid, exact start time, launch marker recorded)."""
-        self.process.launch(background=True)
+        """Spawn the command in the background (pid, exact start time, launch marker recorded).
+
+        A row that cannot be launched as written (bad cmd, missing pwd, negative timeout) is
+        recorded as exited with code 126 and the reason in stderr, instead of being retried forever.
+        """
+        try:
+            self.process.launch(background=True)
+        except ValueError as exc:  # ProcessInputError
+            self.process.record_launch_failure(str(exc))
 
     def on_wait(self) -> None:
         """Still running: look again after POLL_INTERVAL."""

@@ -367,6 +367,16 @@ def test_bad_input_leaves_a_queued_row_untouched(make_process):
     assert (row.status, row.pid, row.started_at) == (ProcessStatus.QUEUED, None, None)
 
 
+def test_process_machine_records_a_row_it_cannot_launch(make_process, workdir):
+    process = make_process(["true"], pwd=str(workdir / "missing"))
+    process.save()
+    process.sm.tick()
+    process.sm.tick()
+    row = Process.objects.get(pk=process.pk)
+    assert (row.status, row.exit_code, row.pid) == (ProcessStatus.EXITED, 126, None)
+    assert "working directory does not exist" in row.stderr
+
+
 def test_cleanup_handles_rows_without_pid_or_started_at():
     machine = Machine.current()
     Process.objects.create(machine=machine, cmd=["x"], status=ProcessStatus.RUNNING, pid=None)
@@ -455,3 +465,14 @@ def test_get_by_pid_is_one_indexed_query(django_assert_num_queries):
     _stale_rows(50)
     with django_assert_num_queries(1):
         assert Process.objects.get_by_pid(os.getpid()) == me
+
+
+def test_get_by_pid_query_uses_the_machine_pid_status_index():
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's planner may prefer a sequential scan on a tiny test table")
+    _stale_rows(200)
+    machine = Machine.current()
+    plan = Process.objects.filter(
+        machine_id=machine.pk, pid=os.getpid(), status=ProcessStatus.RUNNING
+    ).explain()
+    assert "USING INDEX" in plan and "(machine_id=? AND pid=? AND status=?)" in plan, plan
