@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from django.utils.functional import classproperty
 
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
@@ -77,6 +78,11 @@ def claim_lease_seconds(requested: int = 60) -> int:
 
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
+
+
+def is_safe_binary_name(name: str) -> bool:
+    """One plain file name: not empty, not . or .., no path separator or NUL (it names a folder and a link)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
 
 
 def safe_link_path(lib_bin_dir: str | Path, name: str) -> Path:
@@ -142,8 +148,8 @@ class BinaryManagerMixin:
         binprovider: str = "env",
     ):
         """Get or create the row for exactly this binary; installed when abspath and version are known."""
-        if not name or not isinstance(name, str):
-            raise ValueError("a binary needs a name")
+        if not isinstance(name, str) or not is_safe_binary_name(name):
+            raise ValueError(f"invalid binary name: {name!r} (one file name, no path)")
         key = {
             "machine": machine,
             "name": name,
@@ -223,7 +229,7 @@ class BinaryMixin:
         if not isinstance(record, dict):
             return None
         name = str(record.get("name") or "").strip()
-        if not name or len(name) > cls._meta.get_field("name").max_length:
+        if not is_safe_binary_name(name) or len(name) > cls._meta.get_field("name").max_length:
             return None
         abspath = str(record.get("abspath") or "").strip()
         version = str(record.get("version") or "").strip()
@@ -349,6 +355,11 @@ class BinaryMixin:
         return parse_binproviders(self.binproviders)
 
     # -- the install run -----------------------------------------------------------------------
+
+    @classproperty
+    def claim_seconds(cls) -> int:
+        """The lease a runner should take on a Binary (workers.runner reads `claim_seconds`)."""
+        return claim_lease_seconds()
 
     @classmethod
     def claim_for_worker(cls, obj, lock_seconds: int = 60) -> bool:
