@@ -7,58 +7,26 @@ a row written by older code, or by hand, must still never show a secret on a pag
 
 from __future__ import annotations
 
-import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils.text import Truncator
 
 from machine.models import MACHINE_CONFIG_ALLOWED_KEYS, _sanitize_machine_config
-from machine.process_utils import REDACTED, SECRET_KEY_PARTS, redact_env
+from machine.redaction import REDACTED, is_secret_key, redact_cmd, redact_env  # noqa: F401
 
 #: Lines of stdout/stderr shown on a process's detail page.
 TAIL_LINES = 50
 
+
 # `--api-key=value`, `-password=value` and `NAME_TOKEN=value` style arguments.
-_ASSIGNMENT_ARG_RE = re.compile(r"^(?P<name>-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>.*)$", re.DOTALL)
-
-
-def is_secret_key(name: object) -> bool:
-    """True when a variable or option name looks like it holds a secret."""
-    upper = str(name).upper().replace("-", "_")
-    return any(part in upper for part in SECRET_KEY_PARTS)
-
-
 def redact_env_for_display(env: object) -> list[tuple[str, str]]:
     """Sorted (key, value) pairs of an env dict, secret-looking values replaced; [] for a non-dict."""
     if not isinstance(env, Mapping):
         return []
     return sorted((str(key), "" if value is None else str(value)) for key, value in redact_env(env).items())
-
-
-def redact_cmd(cmd: object) -> list[str]:
-    """The argv with secret-looking option values redacted (`--token=x`, `--password x`, `API_KEY=x`)."""
-    if not isinstance(cmd, Sequence) or isinstance(cmd, (str, bytes)):
-        return [str(cmd)] if cmd not in (None, "", b"") else []
-    args = [str(arg) for arg in cmd]
-    shown: list[str] = []
-    hide_next = False
-    for arg in args:
-        if hide_next:
-            shown.append(REDACTED)
-            hide_next = False
-            continue
-        match = _ASSIGNMENT_ARG_RE.match(arg)
-        if match and is_secret_key(match["name"]):
-            shown.append(f"{match['name']}={REDACTED}")
-        elif arg.startswith("-") and "=" not in arg and is_secret_key(arg.lstrip("-")):
-            shown.append(arg)
-            hide_next = True  # `--password hunter2`: the next argument is the value
-        else:
-            shown.append(arg)
-    return shown
 
 
 def shell_command(cmd: object) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
 from machine.processes import ProcessMixin, ProcessQuerySet, RedactedEnvField
+from machine.redaction import redact_cmd
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -534,7 +536,8 @@ class Process(ProcessMixin, ModelWithStateMachine):
     timeout_grace = PROCESS_TIMEOUT_GRACE
 
     def __str__(self) -> str:
-        return f"Process[{self.id}] {' '.join(map(str, self.cmd or []))[:60]} ({self.status})"
+        # The argv may carry `--token=...`: show it redacted (the admin, logs and history use str()).
+        return f"Process[{self.id}] {shlex.join(redact_cmd(self.cmd or []))[:60]} ({self.status})"
 
     @classmethod
     def current(cls) -> Process:
