@@ -104,15 +104,20 @@ def bench_cleanup() -> dict:
     live = Process.current()
     result = {}
     for count in (1_000, 10_000):
-        Process.objects.exclude(pk=live.pk).delete()
-        make_stale(count)
-        with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
-            closed = Process.cleanup_stale_running()
-            elapsed = time.perf_counter() - started
-        assert closed == count, (closed, count)
-        assert Process.objects.get(pk=live.pk).status == ProcessStatus.RUNNING, "the live row was closed"
-        result[f"rows_{count}"] = {"seconds": round(elapsed, 4), "queries": len(queries.captured_queries)}
+        timings = []
+        for _ in range(3):  # best of three: other load on the host only ever adds time
+            Process.objects.exclude(pk=live.pk).delete()
+            make_stale(count)
+            with CaptureQueriesContext(connection) as queries:
+                started = time.perf_counter()
+                closed = Process.cleanup_stale_running()
+                timings.append(time.perf_counter() - started)
+            assert closed == count, (closed, count)
+            assert Process.objects.get(pk=live.pk).status == ProcessStatus.RUNNING, "the live row was closed"
+        result[f"rows_{count}"] = {
+            "seconds": round(min(timings), 4),
+            "queries": len(queries.captured_queries),
+        }
     result["growth_10k_over_1k"] = round(result["rows_10000"]["seconds"] / result["rows_1000"]["seconds"], 2)
     return result
 

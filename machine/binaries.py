@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from django.utils.functional import classproperty
 
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
@@ -77,6 +78,11 @@ def claim_lease_seconds(requested: int = 60) -> int:
 
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
+
+
+def is_safe_binary_name(name: str) -> bool:
+    """One plain file name: not empty, not . or .., no path separator or NUL (it names a folder and a link)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
 
 
 def safe_link_path(lib_bin_dir: str | Path, name: str) -> Path:
@@ -142,8 +148,8 @@ class BinaryManagerMixin:
         binprovider: str = "env",
     ):
         """Get or create the row for exactly this binary; installed when abspath and version are known."""
-        if not name or not isinstance(name, str):
-            raise ValueError("a binary needs a name")
+        if not isinstance(name, str) or not is_safe_binary_name(name):
+            raise ValueError(f"invalid binary name: {name!r} (one file name, no path)")
         key = {
             "machine": machine,
             "name": name,
@@ -223,10 +229,12 @@ class BinaryMixin:
         if not isinstance(record, dict):
             return None
         name = str(record.get("name") or "").strip()
-        if not name or len(name) > cls._meta.get_field("name").max_length:
+        if not is_safe_binary_name(name) or len(name) > cls._meta.get_field("name").max_length:
             return None
         abspath = str(record.get("abspath") or "").strip()
         version = str(record.get("version") or "").strip()
+        if len(abspath) > cls._meta.get_field("abspath").max_length:
+            return None  # a path the row cannot hold whole: refused rather than cut
         has_request = record.get("binproviders") is not None or record.get("overrides") is not None
         if not (abspath and version) and not has_request:
             return None
@@ -350,6 +358,11 @@ class BinaryMixin:
 
     # -- the install run -----------------------------------------------------------------------
 
+    @classproperty
+    def claim_seconds(cls) -> int:
+        """The lease a runner should take on a Binary (workers.runner reads `claim_seconds`)."""
+        return claim_lease_seconds()
+
     @classmethod
     def claim_for_worker(cls, obj, lock_seconds: int = 60) -> bool:
         """Claim for at least the whole install budget, so no second worker installs concurrently."""
@@ -397,6 +410,7 @@ class BinaryMixin:
         """
         deadline = time.monotonic() + install_budget_seconds()
         config = {"LIB_DIR": str(machine_settings.lib_dir)}
+        parent = self._parent_process()
         for hook in self.provider_hooks():
             remaining = deadline - time.monotonic()
             if remaining < 1:
@@ -404,7 +418,12 @@ class BinaryMixin:
                 break
             try:
                 process = run_hook(
-                    hook, self.output_dir, config=config, timeout=int(remaining), **self._hook_kwargs()
+                    hook,
+                    self.output_dir,
+                    config=config,
+                    timeout=int(remaining),
+                    parent=parent,
+                    **self._hook_kwargs(),
                 )
             except Exception:  # a bad hook must cost one failed attempt, not the worker
                 logger.exception("could not run %s for %s", hook, self.name)
@@ -477,11 +496,21 @@ class BinaryMixin:
             setattr(self, field, value)
         self.increment_health_stats(False)
 
+    @classmethod
+    def _process_model(cls):
+        return cls._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
+
+    def _parent_process(self):
+        """This process's own Process row, the parent of the hook runs (None if it cannot be had)."""
+        try:
+            return self._process_model().current()
+        except Exception:  # bookkeeping only: an install must not fail because of it
+            logger.exception("no Process row for the installing process")
+            return None
+
     def hook_processes(self) -> models.QuerySet:
         """The hook Process rows run for this binary (they run in its output_dir), oldest first."""
-        process_model = (
-            self._meta.get_field("machine").related_model._meta.get_field("process_set").related_model
-        )
+        process_model = self._process_model()
         # By the id at the end of the path, so rows written under another DATA_DIR still count.
         suffix = f"/binaries/{self.name}/{self.id}"
         return process_model._default_manager.filter(process_type="hook", pwd__endswith=suffix).order_by(

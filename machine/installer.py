@@ -18,6 +18,7 @@ from machine.binaries import (
     BINARY_REQUEST_EVENT,
     claim_lease_seconds,
     format_binproviders,
+    is_safe_binary_name,
     parse_binproviders,
 )
 from machine.choices import BinaryStatus
@@ -67,7 +68,7 @@ def build_request(names: list[str], binproviders: str, overrides_json: str | Non
     if not clean_names:
         raise InstallRequestError("give at least one binary name")
     for name in clean_names:
-        if "/" in name or name in (".", "..") or "\0" in name or len(name) > max_len:
+        if not is_safe_binary_name(name) or len(name) > max_len:
             raise InstallRequestError(f"invalid binary name: {name!r}")
     providers = known_providers()
     allowed = parse_binproviders(binproviders)

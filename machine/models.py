@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,6 @@ from typing import Any
 
 import psutil  # (part of the contract: tests patch machine.models.psutil)
 from django.db import models, transaction
-from django.db.models import Q
 from django.utils import timezone
 from uuid6 import uuid7
 
@@ -27,6 +27,7 @@ from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
 from machine.processes import ProcessMixin, ProcessQuerySet, RedactedEnvField
+from machine.redaction import redact_cmd
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -455,19 +456,18 @@ class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
         if os_start is None:
             return None
         window_start = timezone.now() - PID_REUSE_WINDOW
-        candidates = (
-            self.filter(machine=machine, pid=pid, status=ProcessStatus.RUNNING)
-            .filter(Q(os_start_time__isnull=False) | Q(started_at__gte=window_start))
-            .defer("stdout", "stderr")
-            .order_by("-started_at")
-        )
+        # Deliberately the simplest filter on the (machine, pid, status) index: building the SQL is
+        # most of the cost of this lookup, and a pid has at most a handful of RUNNING rows.
+        candidates = list(self.filter(machine_id=machine.pk, pid=pid, status=ProcessStatus.RUNNING))
+        candidates.sort(key=lambda row: row.started_at or window_start, reverse=True)
         for row in candidates:
-            expected, tolerance = (
-                (row.os_start_time, process_utils.EXACT_START_TOLERANCE)
-                if row.os_start_time is not None
-                else (row.started_at.timestamp() if row.started_at else None, START_TIME_TOLERANCE)
-            )
-            if expected is None or abs(expected - os_start) > tolerance:
+            if row.os_start_time is not None:
+                expected, tolerance = row.os_start_time, process_utils.EXACT_START_TOLERANCE
+            elif row.started_at is not None and row.started_at >= window_start:
+                expected, tolerance = row.started_at.timestamp(), START_TIME_TOLERANCE
+            else:
+                continue  # no exact start time and older than the reuse window: unprovable
+            if abs(expected - os_start) > tolerance:
                 continue
             if process_utils.is_alive(pid, expected, None, tolerance, marker=row.launch_marker or None):
                 return row
@@ -536,7 +536,8 @@ class Process(ProcessMixin, ModelWithStateMachine):
     timeout_grace = PROCESS_TIMEOUT_GRACE
 
     def __str__(self) -> str:
-        return f"Process[{self.id}] {' '.join(map(str, self.cmd or []))[:60]} ({self.status})"
+        # The argv may carry `--token=...`: show it redacted (the admin, logs and history use str()).
+        return f"Process[{self.id}] {shlex.join(redact_cmd(self.cmd or []))[:60]} ({self.status})"
 
     @classmethod
     def current(cls) -> Process:

@@ -35,14 +35,14 @@ from pathlib import Path
 
 import psutil
 
+from machine.redaction import REDACTED, SECRET_KEY_PARTS, redact_env  # noqa: F401  (re-exported)
+
 #: The contract's tolerance, for start times not taken from the OS (and the floor once the marker is seen).
 START_TIME_TOLERANCE = 5.0
 #: For start times recorded from the OS (``Spawned.start_time``, ``get_start_time``): 2 clock ticks.
 EXACT_START_TOLERANCE = 0.02
 MARKER_ENV = "MACHINE_PROCESS_MARKER"
 LINEAGE_ENV = "MACHINE_PROCESS_LINEAGE"
-REDACTED = "********"
-SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "COOKIE")
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 EXIT_KILLED = 128 + signal.SIGKILL
@@ -189,12 +189,6 @@ def _read_markers(pid: int, needle: bytes = b"") -> tuple[str | None, set[str]] 
     return own, lineage
 
 
-def redact_env(env: Mapping[str, object]) -> dict[str, object]:
-    """Return a copy of env whose secret-looking keys have their (non-empty) values replaced by REDACTED."""
-    secret = lambda key: any(part in str(key).upper() for part in SECRET_KEY_PARTS)  # noqa: E731
-    return {key: REDACTED if value not in (None, "") and secret(key) else value for key, value in env.items()}
-
-
 def marker_from_env(env: Mapping[str, object] | None) -> str | None:
     """Return the launch marker kept in a (possibly redacted) env dict, if any."""
     value = (env or {}).get(MARKER_ENV)
@@ -234,8 +228,9 @@ def proven_process(
 ) -> psutil.Process | None:
     """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
 
-    A marker visible in the environ settles identity, so the start time then only has to be within
-    START_TIME_TOLERANCE (a wall-clock step moves every create_time); another launch's marker refuses.
+    With a marker, a readable environ must carry it (a recycled pid does not, even on the same start
+    tick with the same command); once seen it settles identity, so the start time then only has to be
+    within START_TIME_TOLERANCE (a wall-clock step moves every create_time).
     """
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None

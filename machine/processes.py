@@ -51,6 +51,10 @@ JSON_FIELDS = (
 )
 
 
+#: What _finish() writes to a row that is already saved.
+FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at")
+
+
 class ProcessInputError(ValueError):
     """A Process cannot be launched as described (bad cmd, pwd or timeout); nothing was spawned."""
 
@@ -512,7 +516,7 @@ class ProcessMixin:
             texts.append(text)
         return texts[0], texts[1]
 
-    def _finish(self, exit_code: int | None, *, save: bool = True) -> None:
+    def _finish(self, exit_code: int | None, *, all_fields: bool = False) -> None:
         """Record the end: exit code, captured output, ended_at; the pid file goes away."""
         self.exit_code = exit_code_from_status(exit_code)
         self.stdout, self.stderr = self._read_logs()
@@ -520,8 +524,10 @@ class ProcessMixin:
         self.ended_at = timezone.now()
         self.retry_at = None
         self._remove_pid_file()
-        if save:
+        if all_fields or self._state.adding:
             self.save()
+        else:  # a saved running row: only what ending changed
+            self.save(update_fields=FINISH_FIELDS)
 
     def launch(self, background: bool = False, cwd: str | None = None):
         """Spawn cmd (in its own session, output to the log files) and record pid and start time.
@@ -551,7 +557,7 @@ class ProcessMixin:
         self.os_start_time = spawned.start_time
         self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
         if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
-            self._finish(spawned.exit_code)
+            self._finish(spawned.exit_code, all_fields=True)
             return self
         self.status = ProcessStatus.RUNNING
         self.exit_code = None
@@ -577,6 +583,15 @@ class ProcessMixin:
         except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
             process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
             raise
+
+    def record_launch_failure(self, message: str) -> None:
+        """Record that this row could not be launched: EXITED, exit code 126, the reason in stderr."""
+        self.exit_code = process_utils.EXIT_NOT_EXECUTABLE
+        self.stderr = f"cannot launch: {message}\n"
+        self.status = ProcessStatus.EXITED
+        self.ended_at = timezone.now()
+        self.retry_at = None
+        self.save()
 
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()

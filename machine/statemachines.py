@@ -70,14 +70,25 @@ class ProcessMachine(BaseStateMachine):
         return bool(self.process.cmd and self.process.machine_id)
 
     def is_exited(self) -> bool:
-        """Poll the OS first; True once an exit code is recorded."""
+        """Poll the OS first; True once an exit code is recorded, or the process is gone.
+
+        A process this worker did not launch (e.g. launched by a worker that restarted) leaves no
+        exit status to us: poll() records it exited with exit_code None (unknown, not a guessed 0).
+        """
         if self.process.exit_code is None:
             self.process.poll()
-        return self.process.exit_code is not None
+        return self.process.exit_code is not None or self.process.status == ProcessStatus.EXITED
 
     def on_launch(self) -> None:
-        """Spawn the command in the background (pid, exact start time, launch marker recorded)."""
-        self.process.launch(background=True)
+        """Spawn the command in the background (pid, exact start time, launch marker recorded).
+
+        A row that cannot be launched as written (bad cmd, missing pwd, negative timeout) is
+        recorded as exited with code 126 and the reason in stderr, instead of being retried forever.
+        """
+        try:
+            self.process.launch(background=True)
+        except ValueError as exc:  # ProcessInputError
+            self.process.record_launch_failure(str(exc))
 
     def on_wait(self) -> None:
         """Still running: look again after POLL_INTERVAL."""

@@ -65,6 +65,16 @@ def test_from_json_hook_output_fills_the_queued_request_row():
     assert Binary.objects.count() == 1
 
 
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "x\\y", "nul\0"])
+def test_from_json_refuses_names_that_are_paths_and_overlong_paths(name):
+    assert Binary.from_json({"name": "ok", "abspath": "/x" * 200, "version": "1"}) is None
+    assert Binary.from_json({"name": name, "binproviders": "env"}) is None
+    assert Binary.from_json({"name": name, "abspath": "/bin/sh", "version": "1"}) is None
+    with pytest.raises(ValueError, match="invalid binary name"):
+        Binary.objects.get_from_db_or_cache(name)
+    assert Binary.objects.count() == 0
+
+
 @pytest.mark.parametrize(
     "record", [{}, {"name": ""}, {"binproviders": "env"}, {"name": "x"}, "not a dict", None]
 )
@@ -157,7 +167,11 @@ def test_a_claim_on_a_binary_lasts_longer_than_the_install_may_run(settings):
     binary = Binary.from_json({"name": "jq", "binproviders": "env"})
     assert Binary.claim_for_worker(binary, lock_seconds=60)
     assert binary.retry_at >= timezone.now() + timedelta(seconds=900)
-    assert claim_lease_seconds(60) == 960
+    assert claim_lease_seconds(60) == 960 == Binary.claim_seconds
+    batch_row = Binary.from_json({"name": "other", "binproviders": "env"})
+    assert Binary.claim_batch(limit=5, lock_seconds=60) == [batch_row]
+    batch_row.refresh_from_db()
+    assert batch_row.retry_at >= timezone.now() + timedelta(seconds=900)
     # The claim does not look like a failure backoff, so an install request cannot reset it.
     binary.refresh_from_db()
     assert not binary.is_backing_off

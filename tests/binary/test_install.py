@@ -48,6 +48,8 @@ def test_env_finds_system_binaries_with_abspath_version_and_sha256(lib_dir, name
     assert binary.version and binary.version[0].isdigit()
     assert binary.sha256 == hashlib.sha256(Path(binary.abspath).resolve().read_bytes()).hexdigest()
     assert binary.num_uses_succeeded == 1 and binary.health == 100
+    hook = binary.hook_processes().get()
+    assert hook.parent is not None and hook.parent.pid == os.getpid()
     link = lib_dir / "bin" / name
     assert link.is_symlink() and link.resolve() == Path(binary.abspath).resolve()
 

@@ -270,6 +270,18 @@ def test_process_machine_picks_up_a_row_in_a_fresh_instance(make_process):
     assert (row.status, row.exit_code) == (ProcessStatus.EXITED, 4)
 
 
+def test_process_machine_closes_a_row_whose_foreign_process_is_gone(popen):
+    done = popen(["sleep", "30"])
+    row = _foreign_row(done, ["sleep", "30"], marker="foreign-launch-marker")
+    Process.objects.filter(pk=row.pk).update(retry_at=timezone.now())
+    done.kill()
+    done.wait()
+    row = Process.objects.get(pk=row.pk)
+    row.sm.tick()
+    row = Process.objects.get(pk=row.pk)
+    assert (row.status, row.exit_code) == (ProcessStatus.EXITED, None)  # unknown, not a guessed 0
+
+
 def test_process_machine_kill_event_ends_the_tree(make_process):
     process = make_process(["sleep", "30"])
     process.save()
@@ -367,6 +379,16 @@ def test_bad_input_leaves_a_queued_row_untouched(make_process):
     assert (row.status, row.pid, row.started_at) == (ProcessStatus.QUEUED, None, None)
 
 
+def test_process_machine_records_a_row_it_cannot_launch(make_process, workdir):
+    process = make_process(["true"], pwd=str(workdir / "missing"))
+    process.save()
+    process.sm.tick()
+    process.sm.tick()
+    row = Process.objects.get(pk=process.pk)
+    assert (row.status, row.exit_code, row.pid) == (ProcessStatus.EXITED, 126, None)
+    assert "working directory does not exist" in row.stderr
+
+
 def test_cleanup_handles_rows_without_pid_or_started_at():
     machine = Machine.current()
     Process.objects.create(machine=machine, cmd=["x"], status=ProcessStatus.RUNNING, pid=None)
@@ -455,3 +477,14 @@ def test_get_by_pid_is_one_indexed_query(django_assert_num_queries):
     _stale_rows(50)
     with django_assert_num_queries(1):
         assert Process.objects.get_by_pid(os.getpid()) == me
+
+
+def test_get_by_pid_query_uses_the_machine_pid_status_index():
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's planner may prefer a sequential scan on a tiny test table")
+    _stale_rows(200)
+    machine = Machine.current()
+    plan = Process.objects.filter(
+        machine_id=machine.pk, pid=os.getpid(), status=ProcessStatus.RUNNING
+    ).explain()
+    assert "USING INDEX" in plan and "(machine_id=? AND pid=? AND status=?)" in plan, plan

@@ -55,7 +55,8 @@ def wait_until(predicate, timeout=5.0, message="condition"):
 
 
 def wait_for_pidfile(path: Path) -> int:
-    wait_until(path.exists, message=f"{path}")
+    # A shell's `echo $! > file` creates the file before it writes the pid.
+    wait_until(lambda: path.exists() and path.read_text().strip().isdigit(), message=f"a pid in {path}")
     return int(path.read_text())
 
 
@@ -91,27 +92,42 @@ def spawn(launched, tmp_path):
 
 @pytest.fixture
 def spawn_at_pid(spawn):
-    """Spawn cmd so that the kernel gives it exactly `pid` (root + ns_last_pid), or skip."""
+    """Start cmd so that the kernel gives it exactly `pid` (root + ns_last_pid), or skip.
+
+    With foreign=True the process is started without spawn() and without any marker, like a process
+    of some other program, and its pid is returned.
+    """
     try:
         NS_LAST_PID.write_text(NS_LAST_PID.read_text())
     except OSError as exc:
         pytest.skip(f"needs root on Linux with a writable {NS_LAST_PID} ({exc})")
+    foreign_pids: list[int] = []
+    plain_env = {k: v for k, v in os.environ.items() if k not in (pu.MARKER_ENV, pu.LINEAGE_ENV)}
 
-    def _spawn_at(pid, cmd):
+    def _start(cmd, foreign):
+        if foreign:
+            foreign_pids.append(os.posix_spawnp(cmd[0], cmd, plain_env))
+            return foreign_pids[-1]
+        return spawn(cmd)
+
+    def _spawn_at(pid, cmd, foreign=False):
         # Serialise with other test runs on this host; another fork between our write and our
         # fork steals the pid, so retry a few times.
         with open("/tmp/machine-ns_last_pid.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for _ in range(20):
                 NS_LAST_PID.write_text(str(pid - 1))
-                sp = spawn(cmd)
-                if sp.pid == pid:
-                    return sp
-                sp.popen.kill()
-                sp.popen.wait()
+                started = _start(cmd, foreign)
+                if (started if foreign else started.pid) == pid:
+                    return started
+                os.kill(pid if foreign else started.pid, signal.SIGKILL)
         pytest.skip(f"could not get pid {pid} back from the kernel: other processes kept taking it")
 
-    return _spawn_at
+    yield _spawn_at
+    for pid in foreign_pids:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def kill_and_reap(sp):
@@ -152,6 +168,18 @@ def test_recycled_pid_is_not_the_old_process(spawn_at_pid, spawn, monkeypatch):
     assert pu.wait(b.pid, b.start_time, marker=b.marker, timeout=5, tolerance=EXACT) == 143
 
 
+def test_own_child_pid_recycled_by_a_process_without_marker(spawn_at_pid, spawn):
+    # The new process carries no marker, so only the registry knows our child has exited.
+    a = spawn(["sleep", "30"])
+    kill_and_reap(a)
+    other = spawn_at_pid(a.pid, ["sleep", "30"], foreign=True)
+    assert pu.get_start_time(other) is not None
+    assert not pu.is_alive(a.pid, a.start_time, ["sleep"], EXACT, marker=a.marker)
+    assert not pu.send_signal(a.pid, a.start_time, ["sleep"], signal.SIGTERM, EXACT, marker=a.marker)
+    assert pu.kill_tree(a.pid, a.start_time, ["sleep"], a.marker, 0.2, tolerance=EXACT) == 0
+    assert not gone(other)
+
+
 def test_same_tick_reuse_defeats_start_time_but_not_marker(spawn_at_pid, spawn):
     """Documents the finding: a recycled pid usually gets the very same start-time tick."""
     for _ in range(30):
@@ -170,6 +198,16 @@ def test_same_tick_reuse_defeats_start_time_but_not_marker(spawn_at_pid, spawn):
     assert pu.proven_process(a.pid, a.start_time, ["sleep"], EXACT, marker=a.marker) is None
     assert not pu.send_signal(a.pid, a.start_time, ["sleep"], signal.SIGKILL, EXACT, marker=a.marker)
     assert b.popen.poll() is None
+
+
+def test_identity_is_visible_as_soon_as_spawn_returns(spawn):
+    # Popen returns mid-execve(); without spawn() waiting, cmdline/environ read empty ~1 time in 6.
+    for _ in range(50):
+        sp = spawn(["sleep", "30"])
+        assert psutil.Process(sp.pid).cmdline() == ["sleep", "30"]
+        assert pu._read_markers(sp.pid)[0] == sp.marker
+        assert pu.is_alive(sp.pid, sp.start_time, ["sleep"], EXACT, marker=sp.marker)
+        kill_and_reap(sp)
 
 
 def test_start_time_is_exact_and_tolerance_is_honoured(spawn):
@@ -249,6 +287,7 @@ def test_reap_zombie_child_not_launched_by_spawn():
         start = pu.get_start_time(pid)
         wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, message="zombie")
         assert not pu.is_alive(pid, start, ["sh"], EXACT)
+        assert not pu.is_alive(pid, start, None, EXACT)
         assert pu.reap(pid, start + 10, tolerance=EXACT) is None  # not proven: left alone
         assert pu.reap(pid, start, tolerance=EXACT) == 5
     finally:
@@ -335,7 +374,7 @@ def test_foreground_timeout_kills_whole_tree_with_137(launched, tmp_path):
     launched.append(sp)
     assert (sp.exit_code, sp.timed_out) == (137, True)
     assert time.monotonic() - started < 5
-    for pid in (sp.pid, int((tmp_path / "bg.pid").read_text()), int((tmp_path / "daemon.pid").read_text())):
+    for pid in (sp.pid, wait_for_pidfile(tmp_path / "bg.pid"), wait_for_pidfile(tmp_path / "daemon.pid")):
         wait_until(lambda pid=pid: gone(pid), timeout=2, message=f"pid {pid} to go")
 
 
