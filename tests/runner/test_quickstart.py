@@ -29,7 +29,7 @@ def test_quickstart_installs_runs_and_reports_then_reuses_the_install(subprocess
     manifest.write_text(
         json.dumps(
             {
-                "binaries": [{"name": "python3", "binproviders": "env"}],
+                "binaries": [{"name": "git", "binproviders": "env"}],
                 "processes": [{"cmd": ["sh", "-c", "echo hi; exit 4"]}],
             }
         )
@@ -42,8 +42,8 @@ def test_quickstart_installs_runs_and_reports_then_reuses_the_install(subprocess
         by_type.setdefault(record["type"], []).append(record)
     assert len(by_type["Machine"]) == 1 and len(by_type["NetworkInterface"]) == 1
     (binary,) = by_type["Binary"]
-    assert (binary["name"], binary["status"], binary["binprovider"]) == ("python3", "installed", "env")
-    assert binary["abspath"].endswith("/python3") and binary["version"]
+    assert (binary["name"], binary["status"], binary["binprovider"]) == ("git", "installed", "env")
+    assert binary["abspath"].endswith("/git") and binary["version"]
     demo, version_check = by_type["Process"]
     assert (demo["cmd"], demo["exit_code"], demo["stdout"].strip()) == (
         ["sh", "-c", "echo hi; exit 4"],
