@@ -208,6 +208,8 @@ class Worker:
     parent_id: object = None
     ticks: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: The heartbeat thread runs until the worker has cleaned up (it renews claims during the grace).
+    _beat_stop: threading.Event = field(default_factory=threading.Event)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     _batch: _Held | None = None
     _current: _Held | None = None
@@ -238,7 +240,7 @@ class Worker:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._stop_children(immediate=exit_code != 0)
             self._hand_back()
-            self._stop.set()
+            self._beat_stop.set()
             beat.join(timeout=5)
             presence.close_row(self.row, exit_code)
             for sig, handler in previous.items():
@@ -397,7 +399,7 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         try:
-            while not self._stop.wait(min(self.options.heartbeat, self.options.lock_seconds / 6)):
+            while not self._beat_stop.wait(min(self.options.heartbeat, self.options.lock_seconds / 6)):
                 presence.heartbeat(self.row)
                 self._renew_current_if_overtime()
         except Exception:
