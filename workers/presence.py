@@ -32,6 +32,10 @@ def register_self(process_type: str, parent_id=None, worker_type: str = ""):
     me = psutil.Process(os.getpid())
     start_time = me.create_time()
     machine = Machine.current()
+    # A worker shares its orchestrator's host and interface: reading it from the parent row spares
+    # N workers starting at once from all detecting the network and locking the machine row together.
+    parent = Process.objects.filter(pk=parent_id, machine=machine).first() if parent_id else None
+    iface = parent.iface if parent is not None and parent.iface_id else NetworkInterface.current()
     return Process.objects.create(
         machine=machine,
         parent_id=parent_id,
@@ -45,7 +49,7 @@ def register_self(process_type: str, parent_id=None, worker_type: str = ""):
         started_at=datetime.fromtimestamp(start_time, tz=UTC),
         os_start_time=start_time,
         launch_marker=os.environ.get(MARKER_ENV, "")[:64],
-        iface=NetworkInterface.current(),
+        iface=iface,
         status=Process.StatusChoices.RUNNING,
         retry_at=None,
     )
