@@ -30,6 +30,19 @@ worker: migrate
 machine: migrate
 	$(PY) manage.py machine
 
+ADMIN_USER ?= admin
+ADMIN_PASSWORD ?= admin
+ADMIN_ADDR ?= 127.0.0.1:8000
+
+## Local admin: migrate, create superuser $(ADMIN_USER) if missing, register this host, serve the admin.
+admin: migrate
+	DJANGO_SUPERUSER_USERNAME='$(ADMIN_USER)' DJANGO_SUPERUSER_PASSWORD='$(ADMIN_PASSWORD)' \
+	DJANGO_SUPERUSER_EMAIL='$(ADMIN_USER)@localhost' $(PY) manage.py createsuperuser --no-input 2>/dev/null \
+	  || echo "admin user '$(ADMIN_USER)' already exists; password unchanged"
+	$(PY) manage.py machine > /dev/null
+	@echo "Admin: http://$(ADMIN_ADDR)/admin/  (user $(ADMIN_USER))"
+	DJANGO_DEBUG=1 $(PY) manage.py runserver $(ADMIN_ADDR)
+
 ## Test suite (SQLite by default; set DATABASE_URL=postgres://... for PostgreSQL).
 test: install
 	$(PY) -m pytest -q
@@ -40,6 +53,7 @@ lint: install
 
 bench: migrate
 	$(PY) bench/bench_machine.py
+	$(PY) bench/bench_process.py
 	$(PY) bench/bench_claims.py
 	$(PY) bench/bench_drain.py
 

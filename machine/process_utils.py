@@ -235,8 +235,17 @@ def proven_process(
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None
     child = _lookup_child(pid, start_time, marker, tolerance)
-    if child is not None and _poll_child(child) is not None:
-        return None  # our child has exited: whatever holds the pid now is someone else
+    if child is not None:
+        if _poll_child(child) is not None:
+            return None  # our child has exited: whatever holds the pid now is someone else
+        # An unreaped child of ours keeps its pid, so check the command it was launched with: it may
+        # have exec'd into another program since (a pyenv shim, `sh -c 'exec ...'`).
+        if cmd and not cmdline_matches([str(arg) for arg in child.popen.args], cmd):
+            return None
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            return None
     if marker is not None:
         markers = _read_markers(pid)
         own = markers[0] if markers is not None else None
@@ -251,7 +260,9 @@ def proven_process(
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - start_time) > tolerance:
             return None
-        if cmd and not cmdline_matches(proc.cmdline(), cmd):
+        # Our own marker in its environ already proves the launch, even after an exec changed argv.
+        own_marker_seen = marker is not None and own == marker
+        if cmd and not own_marker_seen and not cmdline_matches(proc.cmdline(), cmd):
             # Programs that rewrite their argv (browsers) still run the same executable.
             if os.path.basename(proc.exe()) != os.path.basename(cmd[0]):
                 return None

@@ -7,13 +7,10 @@ tree walk, tail). Nothing here imports `machine.models`.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ from django.utils import timezone
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
+from machine.process_files import ProcessFilesMixin
+from machine.redaction import redact_cmd
 
 #: How many rows one UPDATE closes in cleanup_stale_running() (well under SQLite's variable limit).
 CLEANUP_BATCH_SIZE = 500
@@ -164,7 +163,7 @@ class ProcessQuerySet(models.QuerySet):
         return closed
 
 
-class ProcessMixin:
+class ProcessMixin(ProcessFilesMixin):
     """Behaviour of the Process model (hierarchy, OS view, files, lifecycle, queries, JSON)."""
 
     #: Set on the model from machine.models' contract constants.
@@ -276,159 +275,6 @@ class ProcessMixin:
             )
         ]
 
-    # -- files -------------------------------------------------------------------------------------
-
-    @property
-    def hook_script_name(self) -> str | None:
-        """File name of the hook script in cmd (`on_<Event>__NN_name.ext`), else None."""
-        for arg in self.cmd or []:
-            name = os.path.basename(str(arg))
-            if name.startswith("on_") and "__" in name:
-                return name
-        return None
-
-    @property
-    def runtime_dir(self) -> Path | None:
-        if not self.pwd:
-            return None
-        base = Path(self.pwd)
-        if self.process_type == ProcessType.HOOK and self.hook_script_name:
-            return base / ".hooks" / self.hook_script_name
-        return base
-
-    def _runtime_file(self, name: str) -> Path | None:
-        directory = self.runtime_dir
-        return directory / name if directory is not None else None
-
-    @property
-    def stdout_file(self) -> Path | None:
-        return self._runtime_file("stdout.log")
-
-    @property
-    def stderr_file(self) -> Path | None:
-        return self._runtime_file("stderr.log")
-
-    @property
-    def pid_file(self) -> Path | None:
-        return self._runtime_file("process.pid")
-
-    @property
-    def cmd_file(self) -> Path | None:
-        return self._runtime_file("cmd.sh")
-
-    def ensure_log_files(self) -> None:
-        """Create the runtime dir and empty stdout/stderr logs (no-op without a pwd)."""
-        directory = self.runtime_dir
-        if directory is None:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        for path in (self.stdout_file, self.stderr_file):
-            path.touch(exist_ok=True)
-
-    def _write_cmd_file(self, cwd: str) -> None:
-        """cmd.sh: a re-runnable script, shlex-quoted, with secret env values redacted."""
-        lines = ["#!/bin/sh", f"cd {shlex.quote(cwd)} || exit 1"]
-        for key, value in process_utils.redact_env(self.env or {}).items():
-            if value is not None:
-                lines.append(f"export {key}={shlex.quote(str(value))}")
-        lines.append(f"exec {shlex.join(self.cmd)}")
-        text = "\n".join(lines) + "\n"
-        path = self.cmd_file
-        # Rewriting an unchanged file is not free: on ext4, truncating and rewriting a non-empty file
-        # flushes it on close (auto_da_alloc), a few ms per launch when a pwd is reused.
-        try:
-            if path.stat().st_size == len(text.encode()) and path.read_text() == text:
-                return
-        except (FileNotFoundError, UnicodeDecodeError):
-            pass
-        path.write_text(text)
-
-    def _write_pid_file(self) -> None:
-        path = self.pid_file
-        if path is None or self.pid is None:
-            return
-        path.write_text(f"{self.pid}\n")
-        start = self.os_start_time or _ts(self.started_at)
-        if start is not None:
-            os.utime(path, (start, start))
-
-    def _remove_pid_file(self) -> None:
-        path = self.pid_file
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-    def _stream_file(self, stream: str) -> Path | None:
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
-        return self.stdout_file if stream == "stdout" else self.stderr_file
-
-    def tail(self, stream: str = "stdout", lines: int = 50, follow: bool = False) -> Iterator[str]:
-        """Last `lines` lines of a log (`follow`: keep yielding until the process is gone)."""
-        path = self._stream_file(stream)
-        if path is None:
-            return iter(())
-        stop = (lambda: not self.is_running) if follow else None
-        return process_utils.tail(path, lines=lines, follow=follow, stop=stop)
-
-    def tail_stdout(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
-        return self.tail("stdout", lines, follow)
-
-    def tail_stderr(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
-        return self.tail("stderr", lines, follow)
-
-    def pipe(self, stream: str = "stdout", lines: int = 10, follow: bool = True, out=None) -> None:
-        """Copy a log's tail (and, with follow, what is appended) to `out` (sys.stdout/sys.stderr)."""
-        out = out or (sys.stdout if stream == "stdout" else sys.stderr)
-        for line in self.tail(stream, lines, follow):
-            out.write(line + "\n")
-            out.flush()
-
-    def pipe_stdout(self, lines: int = 10, follow: bool = True) -> None:
-        self.pipe("stdout", lines, follow)
-
-    def pipe_stderr(self, lines: int = 10, follow: bool = True) -> None:
-        self.pipe("stderr", lines, follow)
-
-    def stream_output(
-        self, stdout=None, stderr=None, *, deadline: float | None = None, poll_interval: float = 0.05
-    ) -> None:
-        """Copy both logs to stdout/stderr as they grow, until the process ends or `deadline` (monotonic)."""
-        stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-
-        def done() -> bool:
-            return not self.is_running or (deadline is not None and time.monotonic() >= deadline)
-
-        def copy(path: Path, out) -> None:
-            lines = process_utils.tail(
-                path, lines=sys.maxsize, follow=True, poll_interval=poll_interval, stop=done
-            )
-            for line in lines:
-                out.write(line + "\n")
-                out.flush()
-
-        err_thread = threading.Thread(target=copy, args=(self.stderr_file, stderr), daemon=True)
-        err_thread.start()
-        copy(self.stdout_file, stdout)
-        err_thread.join()
-
-    def run_attached(self, stdout=None, stderr=None, cwd: str | None = None) -> int | None:
-        """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
-        self.launch(background=True, cwd=cwd)
-        if self.status != ProcessStatus.RUNNING:
-            (stderr or sys.stderr).write(self.stderr)
-            return self.exit_code
-        deadline = time.monotonic() + self.timeout if self.timeout else None
-        try:
-            self.stream_output(stdout, stderr, deadline=deadline)
-        except BaseException:  # Ctrl-C: never leave the tree running behind us
-            self.kill_tree(graceful_timeout=0)
-            raise
-        if self.is_running:  # past the deadline
-            self.kill_tree(graceful_timeout=0)
-            self._finish(process_utils.EXIT_KILLED)
-            return self.exit_code
-        return self.wait(timeout=5)
-
     @classmethod
     def kill_by_reference(cls, *, row_id=None, pid: int | None = None, graceful_timeout: float = 5.0):
         """Terminate the tree of the row named by id or OS pid; LookupError unless it is provably ours."""
@@ -461,36 +307,13 @@ class ProcessMixin:
         lines = [header]
         for p in rows:
             started = p.started_at.strftime("%Y-%m-%d %H:%M:%S") if p.started_at else "-"
-            cmd = shlex.join(str(a) for a in (p.cmd or []))
+            cmd = shlex.join(redact_cmd(p.cmd or []))
             lines.append((str(p.id), str(p.pid or "-"), p.process_type, p.status, started, cmd[:80]))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
         return "\n".join(
             "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:-1])) + "  " + row[-1]
             for row in lines
         )
-
-    @classmethod
-    def parse_records_from_text(cls, text: str) -> list[dict]:
-        """JSONL records (objects with a `type`) found in text; other lines are ignored."""
-        records = []
-        for line in (text or "").splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("type"):
-                records.append(record)
-        return records
-
-    def get_records(self) -> list[dict]:
-        """Records the process printed on stdout (from the DB copy, else the live log file)."""
-        text = self.stdout
-        if not text and self.stdout_file is not None and self.stdout_file.exists():
-            text = self.stdout_file.read_text(errors="replace")
-        return self.parse_records_from_text(text)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

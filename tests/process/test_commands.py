@@ -69,6 +69,16 @@ def test_ps_lists_running_processes_as_table_and_jsonl(make_process):
     assert all(r["type"] == "Process" and r["status"] == "running" for r in records)
 
 
+def test_ps_table_redacts_secret_looking_arguments(make_process):
+    process = make_process(["sh", "-c", "sleep 30", "--api-token=s3cr3tvalue"])
+    process.launch(background=True)
+    table = io.StringIO()
+    call_command("ps", stdout=table)
+    assert str(process.id) in table.getvalue()
+    assert "s3cr3tvalue" not in table.getvalue() and "--api-token=********" in table.getvalue()
+    process.kill_tree(graceful_timeout=1)
+
+
 def test_kill_by_id_and_by_pid(make_process):
     first = make_process(["sleep", "30"])
     first.launch(background=True)

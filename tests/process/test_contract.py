@@ -433,7 +433,9 @@ def test_stream_output_copies_both_logs(make_process):
 def test_str_redacts_secret_looking_arguments():
     from machine.models import Machine, Process
 
-    process = Process(machine=Machine.current(), cmd=["curl", "--token=abc123", "--password", "hunter2", "API_KEY=zzz"])
+    process = Process(
+        machine=Machine.current(), cmd=["curl", "--token=abc123", "--password", "hunter2", "API_KEY=zzz"]
+    )
     text = str(process)
     assert "abc123" not in text and "hunter2" not in text and "zzz" not in text
     assert "curl" in text and "********" in text

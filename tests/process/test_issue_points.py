@@ -488,3 +488,24 @@ def test_get_by_pid_query_uses_the_machine_pid_status_index():
         machine_id=machine.pk, pid=os.getpid(), status=ProcessStatus.RUNNING
     ).explain()
     assert "USING INDEX" in plan and "(machine_id=? AND pid=? AND status=?)" in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_child_that_execs_into_another_program_is_still_ours_and_keeps_its_exit_code(tmp_path, monkeypatch):
+    """`sh -c 'exec sleep ...'` (like a pyenv shim) changes argv and exe; the row must not be disowned."""
+    from machine import process_utils
+    from machine.models import Machine, Process
+
+    process = Process.objects.create(
+        machine=Machine.current(), cmd=["sh", "-c", "exec sleep 0.6; exit 4"], pwd=str(tmp_path), timeout=30
+    )
+    process.launch(background=True)
+    time.sleep(0.3)  # sh has exec'd into sleep by now
+    assert process.is_running and process.poll() is None
+    # Another worker (no registry of our children) proves it through the launch marker instead.
+    monkeypatch.setattr(process_utils, "_children", {})
+    fresh = Process.objects.get(pk=process.pk)
+    assert fresh.is_running and fresh.proc is not None
+    monkeypatch.undo()
+    assert process.wait(timeout=10) == 0  # the exec'd sleep's own exit status, not a guess
+    assert Process.objects.get(pk=process.pk).exit_code == 0
