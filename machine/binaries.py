@@ -248,7 +248,7 @@ class BinaryMixin:
         machine = cls._current_machine()
         with transaction.atomic():
             # Lock the machine row: two processes sending the same request must not both insert.
-            type(machine)._default_manager.select_for_update().filter(pk=machine.pk).exists()
+            machine.lock_row()
             existing = (
                 cls._default_manager.filter(machine=machine, name=name)
                 .order_by("-modified_at", "-created_at")

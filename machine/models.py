@@ -197,6 +197,17 @@ class Machine(ModelWithHealthStats):
         _CURRENT_MACHINE = cls._sanitize_config(machine)
         return _CURRENT_MACHINE
 
+    def lock_row(self) -> None:
+        """Inside a transaction: serialise writers of rows that belong to this machine.
+
+        FOR NO KEY UPDATE, not FOR UPDATE: inserting a row that references this machine takes a
+        FOR KEY SHARE lock on it, and two processes that each inserted one (a Process row, say) and
+        then asked FOR UPDATE would deadlock. SQLite already serialises writers; nothing to do there.
+        """
+        list(
+            type(self).objects.select_for_update(no_key=True).filter(pk=self.pk).values_list("pk", flat=True)
+        )
+
     @classmethod
     def _sanitize_config(cls, machine: Machine) -> Machine:
         """Persist the sanitized config when sanitizing changed it."""
@@ -241,8 +252,9 @@ class Machine(ModelWithHealthStats):
             return None
         machine = Machine.current()
         with transaction.atomic():
-            locked = Machine.objects.select_for_update().get(pk=machine.pk)
-            merged = _sanitize_machine_config({**(locked.config or {}), **config})
+            machine.lock_row()
+            current_config = Machine.objects.filter(pk=machine.pk).values_list("config", flat=True).first()
+            merged = _sanitize_machine_config({**(current_config or {}), **config})
             Machine.objects.filter(pk=machine.pk).update(config=merged, modified_at=timezone.now())
         machine.config = merged
         return machine
@@ -312,7 +324,7 @@ class NetworkInterface(ModelWithHealthStats):
         with transaction.atomic():
             # Lock the machine row so two processes starting together cannot both insert the same
             # fingerprint (ip_public may be NULL, and NULLs never collide in a unique constraint).
-            Machine.objects.select_for_update().filter(pk=machine.pk).exists()
+            machine.lock_row()
             interface, _created = cls.objects.update_or_create(**fingerprint, defaults=details)
         _CURRENT_INTERFACE = interface
         return interface
