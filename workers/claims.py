@@ -91,36 +91,6 @@ def _claim_sql(model, *, state_field, retry_field, final_states, now, until, lim
     return sql, params
 
 
-def claim_due_rows(
-    model: type[models.Model],
-    *,
-    state_field: str,
-    retry_field: str,
-    final_states: list[str],
-    now: datetime,
-    until: datetime,
-    limit: int,
-    extra_where: models.Q | None = None,
-) -> list:
-    """Claim up to `limit` due rows (retry_at <= now, not final) by setting retry_at = until; return their pks."""
-    if limit <= 0:
-        return []
-    alias = model._default_manager.db
-    connection = connections[alias]
-    _t, pk, _s, _r = _sql_names(model, state_field, retry_field)
-    sql, params = _claim_sql(
-        model, state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
-        until=until, limit=limit, extra_where=extra_where, returning=pk,
-    )  # fmt: skip
-    # One statement: atomic on its own (autocommit), or part of the caller's transaction.
-    with sqlite_claim_lock(connection):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-    pk_field = model._meta.pk
-    return [pk_field.to_python(row[0]) for row in rows]
-
-
 def claim_due_instances(
     model: type[models.Model],
     *,
@@ -132,7 +102,10 @@ def claim_due_instances(
     limit: int,
     extra_where: models.Q | None = None,
 ) -> list:
-    """Like claim_due_rows, but the one statement returns whole rows (as model instances, pk order)."""
+    """Claim up to `limit` due rows (retry_at <= now, not final) by setting retry_at = until.
+
+    The one statement returns the claimed rows whole (as model instances, in pk order): no second query.
+    """
     if limit <= 0:
         return []
     alias = model._default_manager.db

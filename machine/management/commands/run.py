@@ -10,16 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from machine.conf import machine_settings
 from machine.models import Process
 from machine.processes import ProcessInputError
-
-
-def non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
+from workers.argtypes import non_negative_int
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.management.commands.runworker import positive_int
+from workers.argtypes import positive_int
 from workers.quickstart import (
     ManifestError,
     default_manifest_path,

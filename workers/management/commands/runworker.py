@@ -9,18 +9,9 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
+from workers.argtypes import positive_int
 from workers.progress import ProgressPrinter
 from workers.runner import Orchestrator, RunnerOptions, Worker, driven_models
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return number
 
 
 def positive_seconds(value: str) -> float:
