@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import F
+from django.utils import timezone
+from uuid6 import uuid7
+
+
+class ModelWithUUID(models.Model):
+    """A UUIDv7 primary key (time-ordered: new rows sort last) and created/modified timestamps."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
 
 
 class ModelWithHealthStats(models.Model):

@@ -18,9 +18,8 @@ from typing import Any
 import psutil  # (part of the contract: tests patch machine.models.psutil)
 from django.db import models, transaction
 from django.utils import timezone
-from uuid6 import uuid7
 
-from base_models.models import ModelWithHealthStats
+from base_models.models import ModelWithHealthStats, ModelWithUUID
 from machine import process_utils
 from machine.binaries import BinaryManagerMixin, BinaryMixin
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
@@ -132,12 +131,8 @@ class MachineManager(models.Manager):
         return Machine.current()
 
 
-class Machine(ModelWithHealthStats):
+class Machine(ModelWithUUID, ModelWithHealthStats):
     """One host running this app: its identity, hardware/OS facts, health stats and config."""
-
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    modified_at = models.DateTimeField(auto_now=True)
 
     guid = models.CharField(max_length=64, unique=True, editable=False)
     hostname = models.CharField(max_length=63, default="")
@@ -265,12 +260,8 @@ class NetworkInterfaceManager(models.Manager):
         return NetworkInterface.current(refresh=refresh)
 
 
-class NetworkInterface(ModelWithHealthStats):
+class NetworkInterface(ModelWithUUID, ModelWithHealthStats):
     """One network identity of a machine: addresses, DNS server and (when looked up) ISP and place."""
-
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    modified_at = models.DateTimeField(auto_now=True)
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
     mac_address = models.CharField(max_length=17, editable=False)
@@ -390,14 +381,10 @@ class BinaryManager(BinaryManagerMixin, models.Manager):
         )
 
 
-class Binary(BinaryMixin, ModelWithHealthStats, ModelWithStateMachine):
+class Binary(BinaryMixin, ModelWithUUID, ModelWithHealthStats, ModelWithStateMachine):
     """A binary on one machine: queued until a provider hook finds or installs it."""
 
     StatusChoices = BinaryStatus
-
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    modified_at = models.DateTimeField(auto_now=True)
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
     name = models.CharField(max_length=63, db_index=True, blank=True, default="")
@@ -486,15 +473,11 @@ class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
         return None
 
 
-class Process(ProcessMixin, ModelWithStateMachine):
+class Process(ProcessMixin, ModelWithUUID, ModelWithStateMachine):
     """One OS process: launched by us (queued -> running -> exited) or registered by itself."""
 
     StatusChoices = ProcessStatus
     TypeChoices = ProcessType
-
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    modified_at = models.DateTimeField(auto_now=True)
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="process_set")
     parent = models.ForeignKey(

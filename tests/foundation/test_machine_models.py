@@ -223,3 +223,12 @@ def test_binary_str_and_valid_lookup():
     assert str(newest) == "git@env+/usr/bin/git@2.39.5"
     assert Binary.objects.get_valid_binary("GIT") == newest
     assert Binary.objects.get_valid_binary("nope") is None
+
+
+@pytest.mark.django_db
+def test_primary_keys_are_time_ordered_uuid7():
+    machine = Machine.current()
+    first = Binary.objects.create(machine=machine, name="a")
+    second = Binary.objects.create(machine=machine, name="b")
+    assert machine.id.version == first.id.version == 7
+    assert first.id < second.id and first.created_at <= second.created_at
