@@ -637,7 +637,9 @@ class ProcessMixin(ProcessFilesMixin):
                 pid = int(pid_file.read_text().strip() or 0)
             except (OSError, ValueError):
                 continue
-            if stat.st_mtime > cutoff:
+            # (min_age=0 means no age limit: the mtime is psutil's start time, which can lie a few ms
+            # ahead of time.time(), so comparing it with "now" would skip a file at random.)
+            if min_age > 0 and stat.st_mtime > cutoff:
                 continue  # a browser of a crawl that may still be running
             proc = process_utils.proven_process(pid, stat.st_mtime, None, cls.start_time_tolerance)
             if proc is not None:
