@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 from machine.detect import DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
 
@@ -88,7 +89,25 @@ class MachineSettings:
 
     @property
     def guid_override(self) -> str:
-        return (os.environ.get("MACHINE_GUID") or self.GUID or "").strip()
+        """MACHINE_GUID from the environment, else from the settings ('' for none).
+
+        Read on every Machine.current() call, so it is worked out once: the environment variable
+        is read when first needed (a process's identity does not change while it runs), and the
+        setting again after Django reports that it changed (override_settings, test fixtures).
+        """
+        cached = self.__dict__.get("_guid_override")
+        if cached is None:
+            cached = (os.environ.get("MACHINE_GUID") or self.GUID or "").strip()
+            self.__dict__["_guid_override"] = cached
+        return cached
 
 
 machine_settings = MachineSettings()
+
+
+def _forget_derived_values(*, setting: str, **kwargs) -> None:
+    if setting == "MACHINE_GUID":
+        machine_settings.__dict__.pop("_guid_override", None)
+
+
+setting_changed.connect(_forget_derived_values)
