@@ -59,6 +59,14 @@ _VM_MARKERS = (
 _CONTAINER_MARKERS = ("docker", "kubepods", "containerd", "libpod", "podman", "lxc", "/containers/")
 
 
+def unknown_if_blank(value: object) -> str:
+    """`value` as stripped text, or "Unknown" when that is empty (the original's helper for API fields).
+
+    (This module's own detection reports an unknown fact as '' instead: see the module docstring.)
+    """
+    return str(value or "").strip() or "Unknown"
+
+
 def _read_text(path: str) -> str:
     """Return the stripped text of a file, or '' if it is missing, unreadable or a directory."""
     try:

@@ -537,8 +537,9 @@ class ProcessMixin(ProcessFilesMixin):
                 return self.exit_code
             if self.is_running:
                 return None
-        # Gone, and not our child: its exit status went to its real parent; record that we don't know.
-        self._finish(None)
+        # Gone, and not our child: its exit status went to its real parent. A code recorded on the
+        # row is kept; otherwise the row says that nobody knows it.
+        self._finish(self.exit_code)
         return self.exit_code
 
     def wait(self, timeout: float | None = None) -> int:
@@ -781,7 +782,7 @@ class ProcessMixin(ProcessFilesMixin):
             .order_by("created_at")
         )
         closed = 0
-        for process in rows.iterator(chunk_size=100):
+        for process in list(rows):  # (few rows; and each may be written while we go)
             if not process.is_running:
                 if process.poll() is not None:
                     closed += 1
