@@ -82,6 +82,29 @@ def test_poll_records_an_unknowable_exit_as_137_with_a_note():
         assert row.ended_at is not None
 
 
+def test_cleanup_stale_running_closes_with_the_same_rule():
+    """Original: cleanup_stale_running() closes a gone process's row with its recorded code, else 143
+    for a hook / 0 otherwise.
+
+    Ours (row "poll() / unknown exit codes"): the batched close applies the one rule in SQL: a recorded
+    code is kept (normalised), an unknown one is 137 with the note on a line of its own.
+    """
+    rows = {}
+    for name, fields in {
+        "empty": {}, "no_newline": {"stderr": "partial"}, "newline": {"stderr": "line\n"},
+        "recorded": {"exit_code": 3, "stderr": "x"}, "signal": {"exit_code": -15},
+    }.items():  # fmt: skip
+        pid, started = reaped_identity()
+        rows[name] = _running_row(pid, started, **fields)
+    assert Process.cleanup_stale_running() == 5
+    stored = {name: Process.objects.get(pk=row.pk) for name, row in rows.items()}
+    note = UNKNOWN_EXIT_NOTE + "\n"
+    assert {name: (row.exit_code, row.stderr) for name, row in stored.items()} == {
+        "empty": (137, note), "no_newline": (137, "partial\n" + note), "newline": (137, "line\n" + note),
+        "recorded": (3, "x"), "signal": (143, ""),
+    }  # fmt: skip
+
+
 def test_poll_never_overwrites_a_recorded_code(launched):
     """Original: poll() is None while the process runs; once it has ended, our own child's code is
     recorded, and when the process of a RUNNING row is gone, a code already on the row is kept."""
