@@ -126,7 +126,7 @@ def test_get_from_db_or_cache_serves_a_fresh_cached_row_whatever_the_arguments(d
     """Original: a cached row of that name younger than BINARY_RECHECK_INTERVAL is returned even when
     the other arguments differ; else update_or_create on the exact tuple.
 
-    Ours (row "get_from_db_or_cache()"): the cached row is also checked to still exist, one
+    Ours (row "BinaryManager.get_from_db_or_cache()"): the cached row is also checked to still exist, one
     primary-key query, so a deleted row is never handed out.
     """
     first = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.39")
@@ -164,7 +164,7 @@ def test_symlink_to_lib_bin_naming_and_after_commit(tmp_path):
     executable (X.app/Contents/MacOS/...) is returned itself, unlinked. symlink_to_lib_bin_after_commit
     links once the outer transaction commits (re-reading the row).
 
-    Ours (row "symlink_to_lib_bin()"): a real file in the way is never replaced.
+    Ours (row "Binary.symlink_to_lib_bin()"): a real file in the way is never replaced.
     """
     bin_dir = tmp_path / "bin"
     real = tmp_path / "real" / "python3.11"

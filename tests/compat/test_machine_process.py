@@ -126,7 +126,7 @@ def test_poll_leaves_queued_rows_and_other_machines_rows_alone():
     """Original: poll() marks any row whose process is not running here exited (a QUEUED row, and a row
     of another machine, whose pid means nothing on this host).
 
-    Ours (rows "poll() of a QUEUED row" and "rows of another machine"): None, the row untouched.
+    Ours (rows "QUEUED rows" and "rows of another machine"): None, the row untouched.
     """
     queued = Process.objects.create(machine=Machine.current(), cmd=["true"])
     assert queued.poll() is None
