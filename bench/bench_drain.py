@@ -46,7 +46,7 @@ def main() -> None:
     for i in range(COUNT):
         pwd = runs / f"{i:04d}"  # a Process keeps its log files in its pwd
         pwd.mkdir(parents=True, exist_ok=True)
-        rows.append(Process(machine=machine, cmd=["true"], pwd=str(pwd), timeout=60))
+        rows.append(Process(machine=machine, cmd=["true"], pwd=str(pwd), timeout=60, process_type="binary"))
     Process.objects.bulk_create(rows)
 
     baseline_s = bare_loop()

@@ -81,13 +81,23 @@ def parse_hook_name(filename: str | Path) -> HookName | None:
     )
 
 
+#: The background marker of older hook names (``on_Snapshot__21_consolelog__background.js``).
+LEGACY_BACKGROUND_STEM = "__background"
+
+
 def is_background_hook(name: str | Path) -> bool:
-    """True for ``.finite.bg`` / ``.daemon.bg`` hooks (any file name containing ``.bg.``)."""
-    parsed = parse_hook_name(name)
+    """True for ``.finite.bg`` / ``.daemon.bg`` hooks, and for the legacy ``__background`` stem.
+
+    Only the file name counts (a ``.bg.`` in a folder name does not make a hook background).
+    """
+    filename = Path(name).name
+    if LEGACY_BACKGROUND_STEM in filename:
+        return True
+    parsed = parse_hook_name(filename)
     if parsed is not None:
         return parsed.background
     # Not a well-formed hook name: fall back to the marker itself, as the original does.
-    return ".bg." in Path(name).name
+    return ".bg." in filename
 
 
 def builtin_plugin_dir() -> Path:

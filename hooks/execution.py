@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.utils import timezone
 
 from hooks.discovery import build_hook_argv, is_background_hook
 
@@ -45,15 +44,13 @@ def hook_env(config: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _record_not_run(process, reason: str, exit_code: int = EXIT_NOT_RUN) -> None:
-    """Close a hook row that failed outside the hook itself, keeping whatever stderr it has."""
-    stderr = (process.stderr or "").rstrip("\n")
-    process.stderr = f"{stderr}\n{reason}\n".lstrip("\n")
-    if process.exit_code is None or exit_code == EXIT_TIMED_OUT:
-        process.exit_code = exit_code
-    process.status = "exited"
-    process.ended_at = process.ended_at or timezone.now()
-    process.retry_at = None
-    process.save()
+    """Close a hook row that failed outside the hook itself, with the reason added to its stderr.
+
+    Through the model's one close path (`_finish`): a code the row already has is kept, except that
+    a timeout is always recorded as EXIT_TIMED_OUT.
+    """
+    keep = process.exit_code is not None and exit_code != EXIT_TIMED_OUT
+    process._finish(process.exit_code if keep else exit_code, note=reason, all_fields=True)
 
 
 def run_hook(

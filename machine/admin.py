@@ -33,6 +33,7 @@ from machine.admin_helpers import (
     shell_command,
 )
 from machine.choices import BinaryStatus, ProcessStatus
+from machine.conf import machine_settings
 from machine.models import Binary, Machine, NetworkInterface, Process, _sanitize_machine_config
 
 #: Related processes listed on one page (newest first); the changelist link shows them all.
@@ -116,7 +117,7 @@ class MachineConfigForm(forms.ModelForm):
         problems = config_problems(config)
         if problems:
             raise ValidationError(problems)
-        return _sanitize_machine_config(config)
+        return _sanitize_machine_config(config, lib_dir=machine_settings.lib_dir)
 
 
 class NetworkInterfaceInline(ReadOnlyInlineMixin, admin.TabularInline):
@@ -188,8 +189,8 @@ class MachineAdmin(admin.ModelAdmin):
             "Config",
             {
                 "fields": ["config"],
-                "description": "Per-machine overrides such as WGET_BINARY. Only *_BINARY keys (and derived "
-                "cache keys) are kept; paths must exist on this host.",
+                "description": "Per-machine overrides such as WGET_BINARY. A *_BINARY value must be a "
+                "command name or a path that exists inside the lib dir; other keys are kept as given.",
             },
         ),
     ]

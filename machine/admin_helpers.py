@@ -14,8 +14,9 @@ from typing import Any
 
 from django.utils.text import Truncator
 
-from machine.models import MACHINE_CONFIG_ALLOWED_KEYS, _sanitize_machine_config
-from machine.redaction import REDACTED, is_secret_key, redact_cmd, redact_env  # noqa: F401
+from machine.conf import machine_settings
+from machine.models import _sanitize_machine_config
+from machine.redaction import REDACTED, is_secret_key, redact_cmd, redact_env, redact_nested  # noqa: F401
 
 #: Lines of stdout/stderr shown on a process's detail page.
 TAIL_LINES = 50
@@ -65,38 +66,17 @@ def join_tail(lines: str | Iterable[str] | None) -> str:
 def config_problems(config: Any) -> list[str]:
     """Why the contract's sanitiser would change `config`: one message per dropped key ([] if none)."""
     if not isinstance(config, dict):
-        return ['The config must be a JSON object, e.g. {"WGET_BINARY": "/usr/bin/wget"}.']
-    clean = _sanitize_machine_config(config)
-    problems = []
-    for key in config:
-        if key in clean:
-            continue
-        if not isinstance(key, str) or not (key.endswith("_BINARY") or key in MACHINE_CONFIG_ALLOWED_KEYS):
-            allowed = ", ".join(sorted(MACHINE_CONFIG_ALLOWED_KEYS))
-            problems.append(f"{key}: only *_BINARY keys (and {allowed}) may be set per machine.")
-        else:
-            problems.append(f"{key}: the value is blank, or is a path that does not exist on this host.")
-    return problems
+        return ['The config must be a JSON object, e.g. {"WGET_BINARY": "wget"}.']
+    lib_dir = machine_settings.lib_dir
+    clean = _sanitize_machine_config(config, lib_dir=lib_dir)
+    return [
+        f"{key}: the value is blank, or a path that does not exist on this host or lies outside "
+        f"the lib dir ({lib_dir}); give a command name (e.g. wget) or a path inside the lib dir."
+        for key in config
+        if key not in clean
+    ]
 
 
 def process_label(pk: object, cmd: object, status: str) -> str:
     """A row's name for titles and links, used instead of str(process), whose argv is not redacted."""
     return f"Process {str(pk)[-12:]}: {Truncator(shell_command(cmd)).chars(80)} ({status})"
-
-
-def redact_nested(value: Any) -> tuple[Any, bool]:
-    """`value` with the values of secret-looking keys redacted at any depth, and whether any was."""
-    if isinstance(value, Mapping):
-        found = False
-        clean = {}
-        for key, item in value.items():
-            if is_secret_key(key) and item not in (None, ""):
-                clean[key], found = REDACTED, True
-            else:
-                clean[key], inner = redact_nested(item)
-                found = found or inner
-        return clean, found
-    if isinstance(value, list):
-        items = [redact_nested(item) for item in value]
-        return [item for item, _ in items], any(found for _, found in items)
-    return value, False

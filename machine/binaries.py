@@ -80,6 +80,18 @@ def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
+def canonical_binary_name(name: Any) -> str:
+    """The name a binary is known by: a path-like reference (`/x/venv/bin/tool`, `~/bin/tool`) gives its
+    file name; anything else is returned stripped; None gives ''."""
+    text = str(name or "").strip()
+    if "/" in text or "\\" in text or text.startswith("~"):
+        try:
+            return Path(text).expanduser().name
+        except RuntimeError:  # `~` without a home directory
+            return Path(text).name
+    return text
+
+
 def is_safe_binary_name(name: str) -> bool:
     """One plain file name: not empty, not . or .., no path separator or NUL (it names a folder and a link)."""
     return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
@@ -98,12 +110,11 @@ def safe_link_path(lib_bin_dir: str | Path, name: str) -> Path:
     return link
 
 
-def safe_link_target(abspath: str, bin_dir: Path) -> Path:
-    """The path a lib/bin link should point to, or BinaryLinkError.
+def safe_link_target(abspath: str) -> Path:
+    """The real file a lib/bin link should point to (every symlink resolved), or BinaryLinkError.
 
-    The target must be absolute and resolve (no symlink loop) to an existing file. A path inside
-    the lib bin dir itself (found on PATH through an earlier link of ours) is replaced by its real
-    path, so a link never points at itself or at another of our links.
+    The abspath must be absolute and resolve (no symlink loop) to an existing file. Pointing at the
+    real file means a link never points at itself or at another of our links.
     """
     if not isinstance(abspath, str) or not abspath or "\0" in abspath:
         raise BinaryLinkError(f"invalid abspath: {abspath!r}")
@@ -116,7 +127,16 @@ def safe_link_target(abspath: str, bin_dir: Path) -> Path:
         raise BinaryLinkError(f"abspath does not resolve to a file: {abspath!r} ({err})") from None
     if not real.is_file():
         raise BinaryLinkError(f"abspath is not a file: {abspath!r}")
-    return real if path.parent.resolve() == bin_dir else path
+    return real
+
+
+def _in_app_bundle(target: Path) -> bool:
+    """True for a macOS app bundle executable (`.../X.app/Contents/MacOS/...`)."""
+    parts = target.parts
+    return any(
+        part.endswith(".app") and parts[i + 1 : i + 3] == ("Contents", "MacOS")
+        for i, part in enumerate(parts)
+    )
 
 
 def write_symlink(link: Path, target: Path) -> Path:
@@ -133,6 +153,13 @@ def write_symlink(link: Path, target: Path) -> Path:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     return link
+
+
+def absorb_duplicate(keep, duplicate) -> None:
+    """The same binary was recorded under another row: move that row's hook history to `keep` and
+    drop it, so (machine, name, abspath, version, sha256) stays unique."""
+    duplicate.process_set.update(binary=keep)
+    duplicate.delete()
 
 
 class BinaryManagerMixin:
@@ -218,90 +245,94 @@ class BinaryMixin:
         return cls._meta.get_field("machine").related_model.current()
 
     @classmethod
-    def from_json(cls, record: dict[str, Any], overrides: dict[str, Any] | None = None):
-        """Create or update a Binary of this machine from a record; None when it has no usable name.
+    def apply_record(cls, record: dict[str, Any]):
+        """What `Binary.from_json()` does (see there); None for an unusable record, nothing written.
 
-        - abspath and version present (an already installed binary, or a hook's output): the row
-          becomes installed with those facts (binproviders/overrides kept when given);
-        - otherwise binproviders or overrides present (a request): the row is queued, due now;
-        - neither: None. `overrides` (the argument) is accepted for the contract and unused.
+        On top of the original's rules: a name that is not one safe file name, or an abspath the
+        column cannot hold whole, is refused; a request for a row a worker holds leaves its claim.
         """
         if not isinstance(record, dict):
             return None
-        name = str(record.get("name") or "").strip()
+        name = canonical_binary_name(record.get("name"))
         if not is_safe_binary_name(name) or len(name) > cls._meta.get_field("name").max_length:
             return None
         abspath = str(record.get("abspath") or "").strip()
         version = str(record.get("version") or "").strip()
         if len(abspath) > cls._meta.get_field("abspath").max_length:
             return None  # a path the row cannot hold whole: refused rather than cut
-        has_request = record.get("binproviders") is not None or record.get("overrides") is not None
-        if not (abspath and version) and not has_request:
-            return None
+        overrides = record.get("overrides")
+        overrides = overrides if isinstance(overrides, dict) else {}
+        installed: dict[str, Any] | None = None
         request: dict[str, Any] = {}
-        if record.get("binproviders") is not None:
-            request["binproviders"] = format_binproviders(record["binproviders"])
-        if record.get("overrides") is not None:
-            if not isinstance(record["overrides"], dict):
-                return None
-            request["overrides"] = record["overrides"]
+        if abspath and version:
+            installed = {
+                "abspath": abspath,
+                "version": version[:32],
+                "sha256": str(record.get("sha256") or "").strip()[:64],
+                "binprovider": str(record.get("binprovider") or "env")[:31],
+                "status": BinaryStatus.INSTALLED,
+                "retry_at": None,
+            }
+        if installed is not None and record.get("binproviders"):
+            installed["binproviders"] = format_binproviders(record["binproviders"])
+        elif "binproviders" in record or ("overrides" in record and not abspath):
+            installed = None
+            providers = record.get("binproviders", "env")
+            request = {
+                "binproviders": format_binproviders(providers) if providers is not None else "env",
+                "overrides": overrides,
+            }
+        elif installed is None:
+            return None
         machine = cls._current_machine()
         with transaction.atomic():
-            # Lock the machine row: two processes sending the same request must not both insert.
+            # Lock the machine row: two processes sending a record for the same name must not both insert.
             machine.lock_row()
             existing = (
                 cls._default_manager.filter(machine=machine, name=name)
                 .order_by("-modified_at", "-created_at")
                 .first()
             )
-            if abspath and version:
-                return cls._from_installed_record(machine, existing, name, record, request)
-            return cls._from_request_record(machine, existing, name, request)
+            if installed is None:
+                return cls._apply_request(machine, existing, name, request)
+            binary = cls._apply_installed(machine, existing, name, installed)
+        binary.symlink_to_lib_bin_after_commit(machine_settings.lib_dir / "bin")
+        return binary
 
     @classmethod
-    def _from_installed_record(cls, machine, existing, name: str, record: dict, request: dict):
-        facts = {
-            "abspath": str(record["abspath"]).strip(),
-            "version": str(record["version"]).strip()[:32],
-            "sha256": str(record.get("sha256") or "").strip()[:64],
-        }
-        values = {
-            **request,
-            "binprovider": str(record.get("binprovider") or "env")[:31],
-            "status": BinaryStatus.INSTALLED,
-            "retry_at": None,
-        }
-        exact = cls._default_manager.filter(machine=machine, name=name, **facts).first()
-        target = exact or (existing if existing is not None and not existing.abspath else None)
-        if target is None:
-            return cls._default_manager.create(machine=machine, name=name, **facts, **values)
-        for field, value in {**facts, **values}.items():
-            setattr(target, field, value)
-        target.save()
-        return target
-
-    @classmethod
-    def _from_request_record(cls, machine, existing, name: str, request: dict):
-        now = timezone.now()
+    def _apply_installed(cls, machine, existing, name: str, values: dict[str, Any]):
+        """Fill the (newest) row of this name with an installed binary's facts, or create it."""
         if existing is None:
-            return cls._default_manager.create(
+            return cls._default_manager.create(machine=machine, name=name, **values)
+        manager = cls._default_manager
+        facts = {key: values[key] for key in ("abspath", "version", "sha256")}
+        duplicate = manager.filter(machine=machine, name=name, **facts).exclude(pk=existing.pk).first()
+        if duplicate is not None:
+            absorb_duplicate(existing, duplicate)
+        manager.filter(pk=existing.pk).update(**values, modified_at=timezone.now())
+        existing.refresh_from_db()
+        return existing
+
+    @classmethod
+    def _apply_request(cls, machine, existing, name: str, request: dict[str, Any]):
+        """Queue the (newest) row of this name with the request, or create it queued and due now."""
+        now = timezone.now()
+        manager = cls._default_manager
+        if existing is None:
+            return manager.create(
                 machine=machine, name=name, status=BinaryStatus.QUEUED, retry_at=now, **request
             )
-        unchanged = all(getattr(existing, field) == value for field, value in request.items())
-        if existing.status == BinaryStatus.INSTALLED:
-            if unchanged:
-                return existing  # already satisfied: nothing to install again
-            # A different request for an installed binary: queue it again (no worker holds a final row).
-            values = {**request, "status": BinaryStatus.QUEUED, "retry_at": now, "modified_at": now}
-            cls._default_manager.filter(pk=existing.pk).update(**values)
-        else:
-            # Queued: only the request columns change; retry_at is left to retry_now(), which never
-            # takes a row away from a worker that holds it.
-            values = request
-            if not unchanged:
-                cls._default_manager.filter(pk=existing.pk).update(**values)
-        for field, value in values.items():
-            setattr(existing, field, value)
+        # An installed row is queued again (to be checked again); its facts stay until a run replaces them.
+        requeued = manager.filter(pk=existing.pk, status=BinaryStatus.INSTALLED).update(
+            **request, status=BinaryStatus.QUEUED, retry_at=now, modified_at=now
+        )
+        if requeued:
+            existing.refresh_from_db()
+            return existing
+        # Queued: only the request columns change (not modified_at: see is_backing_off); retry_at is
+        # left to retry_now(), which never takes a row away from a worker that holds it.
+        manager.filter(pk=existing.pk).update(**request)
+        existing.refresh_from_db()
         existing.retry_now()
         return existing
 
@@ -353,8 +384,11 @@ class BinaryMixin:
         return True
 
     def _allowed_binproviders(self) -> set[str] | None:
-        """The providers this binary may be installed with, or None for any."""
-        return parse_binproviders(self.binproviders)
+        """The providers this binary may be installed with; None (any) when empty or exactly `*`."""
+        value = str(self.binproviders or "").strip()
+        if not value or value == "*":
+            return None
+        return {part.strip() for part in value.split(",") if part.strip()}
 
     # -- the install run -----------------------------------------------------------------------
 
@@ -472,10 +506,7 @@ class BinaryMixin:
                 manager.filter(machine_id=self.machine_id, name=self.name, **key).exclude(pk=self.pk).first()
             )
             if duplicate is not None:
-                # The same file was recorded earlier under another row: keep this one (the one being
-                # installed), move the other's hook history over, and drop it, so the unique key holds.
-                duplicate.process_set.update(binary=self)
-                duplicate.delete()
+                absorb_duplicate(self, duplicate)
             try:
                 manager.filter(pk=self.pk).update(**values)
             except IntegrityError:
@@ -521,22 +552,54 @@ class BinaryMixin:
         )
 
     def cleanup(self) -> int:
-        """Stop background hook processes of this binary that are still running; the count stopped."""
+        """Stop this binary's hook processes that still run, and delete the `*.pid` files under
+        output_dir; the number of processes stopped."""
         stopped = 0
         for process in self.hook_processes().filter(status="running"):
             terminate = getattr(process, "terminate", None)
             if terminate is not None and terminate():
                 stopped += 1
+        output_dir = self.output_dir
+        if output_dir.is_dir():
+            for folder, _dirs, files in os.walk(output_dir):  # does not follow links out of the tree
+                for file_name in files:
+                    if file_name.endswith(".pid"):
+                        Path(folder, file_name).unlink(missing_ok=True)
         return stopped
 
     def symlink_to_lib_bin(self, lib_bin_dir: str | Path) -> Path | None:
-        """Link `<lib_bin_dir>/<name>` to this binary's abspath; the link, or None if refused/failed."""
+        """Link `<lib_bin_dir>/<name>` to this binary's real file; the link, or None if refused/failed.
+
+        The link is named after the canonical name (the target's file name when there is none) and
+        points at the abspath with every symlink resolved. An existing correct link is kept; a wrong
+        one is replaced; a real file in the way is never replaced. A macOS app bundle executable
+        (`X.app/Contents/MacOS/...`) is not linked: its path is returned instead.
+        """
+        if not self.abspath:
+            return None
         try:
-            link = safe_link_path(lib_bin_dir, self.name)
-            target = safe_link_target(self.abspath, link.parent)
-            if target == link:
-                raise BinaryLinkError(f"{link} would point at itself")
+            bin_dir = Path(lib_bin_dir).expanduser().resolve()
+            target = safe_link_target(self.abspath)
+            link = safe_link_path(bin_dir, canonical_binary_name(self.name) or target.name)
+            if _in_app_bundle(target):
+                if link.is_symlink():
+                    link.unlink()
+                return target
+            if link.is_symlink() and link.resolve() == target:
+                return link
             return write_symlink(link, target)
         except (BinaryLinkError, OSError, RuntimeError) as err:
             logger.warning("not linking %s into %s: %s", self.name, lib_bin_dir, err)
             return None
+
+    def symlink_to_lib_bin_after_commit(self, lib_bin_dir: str | Path) -> None:
+        """symlink_to_lib_bin() once the current transaction commits (at once outside one), if the row
+        still exists then."""
+        pk, model, path = self.pk, type(self), Path(lib_bin_dir)
+
+        def link() -> None:
+            row = model._default_manager.filter(pk=pk).first()
+            if row is not None:
+                row.symlink_to_lib_bin(path)
+
+        transaction.on_commit(link)

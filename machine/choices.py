@@ -15,9 +15,13 @@ class ProcessStatus(models.TextChoices):
 
 
 class ProcessType(models.TextChoices):
-    SUPERVISORD = "supervisord", "supervisord"
-    ORCHESTRATOR = "orchestrator", "Orchestrator"
-    WORKER = "worker", "Worker"
-    CLI = "cli", "CLI"
-    HOOK = "hook", "Hook"
-    BINARY = "binary", "Binary"
+    SUPERVISORD = "supervisord", "Supervisord"  #: a process supervisor
+    ORCHESTRATOR = "orchestrator", "Orchestrator"  #: the runner that starts and watches workers
+    SERVER = "server", "Server"  #: the archiver's web server
+    UPDATE = "update", "Update"  #: the archiver's `update` command
+    ADD = "add", "Add"  #: the archiver's `add` command (in the foreground)
+    SEARCH = "search", "Search"  #: the archiver's `search`/`list` commands
+    WORKER = "worker", "Worker"  #: one worker of a runner
+    CLI = "cli", "CLI"  #: any other command of the archiver (or of this app)
+    HOOK = "hook", "Hook"  #: a plugin hook script
+    BINARY = "binary", "Binary"  #: any other program

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+from machine.detect import DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -13,6 +17,17 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def is_supervisord_argv(argv: list[str]) -> bool:
+    """The program is `supervisord`, or it was given `--configuration=...` (supervisord's long option)."""
+    program = Path(argv[0]).name.lower() if argv else ""
+    return program == "supervisord" or any(str(arg).startswith("--configuration=") for arg in argv[1:])
+
+
+def is_background_add_argv(argv: list[str]) -> bool:
+    """`archivebox add ... --bg`: the command only queues the URLs, so it is a plain CLI run."""
+    return "archivebox add" in " ".join(str(arg) for arg in argv).lower() and "--bg" in argv
 
 
 class MachineSettings:
@@ -23,18 +38,26 @@ class MachineSettings:
     #: Where provider hooks install binaries (pip venv, npm prefix) and where lib/bin symlinks live.
     LIB_DIR: Path | None = None
     #: Ask web services for the public IP / ISP / geo (bounded by DETECT_TIMEOUT; off for air-gapped hosts).
-    PUBLIC_IP_LOOKUP: bool = True
+    PUBLIC_IP_LOOKUP: bool = DEFAULT_PUBLIC_LOOKUPS
     #: Upper bound, in seconds, on all outside calls made while detecting the network.
-    DETECT_TIMEOUT: float = 2.0
+    DETECT_TIMEOUT: float = DEFAULT_TIMEOUT
     #: Override the detected host identity (simulate another host, or pin one behind NAT/containers).
     GUID: str | None = None
     #: Extra folders searched for hook plugins, after the built-in ones.
     HOOK_DIRS: tuple[str, ...] = ()
-    #: Substrings of the joined, lower-cased sys.argv that classify Process.current(); first match wins.
-    PROCESS_TYPE_PATTERNS: tuple[tuple[str, str], ...] = (
-        ("supervisord", "supervisord"),
+    #: How Process.current() classifies sys.argv: (pattern, type) pairs, first match wins, else
+    #: "binary". A str pattern is a substring of the joined, lower-cased argv; a callable pattern
+    #: gets the argv list. The defaults are the original archiver's rules, then this app's commands.
+    PROCESS_TYPE_PATTERNS: tuple[tuple[str | Callable[[list[str]], bool], str], ...] = (
+        (is_supervisord_argv, "supervisord"),
         ("runner_watch", "worker"),
         ("runworker --worker", "worker"),
+        ("archivebox server", "server"),
+        ("archivebox update", "update"),
+        (is_background_add_argv, "cli"),
+        ("archivebox add", "add"),
+        ("archivebox search", "search"),
+        ("archivebox list", "search"),
         ("archivebox run", "orchestrator"),
         ("runworker", "orchestrator"),
         ("archivebox", "cli"),
@@ -66,7 +89,25 @@ class MachineSettings:
 
     @property
     def guid_override(self) -> str:
-        return (os.environ.get("MACHINE_GUID") or self.GUID or "").strip()
+        """MACHINE_GUID from the environment, else from the settings ('' for none).
+
+        Read on every Machine.current() call, so it is worked out once: the environment variable
+        is read when first needed (a process's identity does not change while it runs), and the
+        setting again after Django reports that it changed (override_settings, test fixtures).
+        """
+        cached = self.__dict__.get("_guid_override")
+        if cached is None:
+            cached = (os.environ.get("MACHINE_GUID") or self.GUID or "").strip()
+            self.__dict__["_guid_override"] = cached
+        return cached
 
 
 machine_settings = MachineSettings()
+
+
+def _forget_derived_values(*, setting: str, **kwargs) -> None:
+    if setting == "MACHINE_GUID":
+        machine_settings.__dict__.pop("_guid_override", None)
+
+
+setting_changed.connect(_forget_derived_values)

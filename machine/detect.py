@@ -1,8 +1,10 @@
 """Pure host-fact detection: who is this host, what is it running on, how is it connected.
 
-Nothing here touches the ORM or Django, and nothing raises for a missing or unreadable fact: every
-value has a documented fallback ('' for unknown strings, False for unknown flags). The only outside
-calls (optional public-IP / geo web lookups) run in a daemon thread under a hard deadline.
+Nothing here touches the ORM, and nothing raises for a missing or unreadable fact: every value has a
+documented fallback ('' for unknown strings, False for unknown flags). The only outside calls
+(optional public-IP / geo web lookups) run in a daemon thread under a hard deadline. The one setting
+read here is how `get_host_network()` may look outside (MACHINE_PUBLIC_IP_LOOKUP and
+MACHINE_DETECT_TIMEOUT), so that callers can call it without arguments, as the original's do.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import psutil
 NULL_MAC = "00:00:00:00:00:00"
 #: Local IP reported when neither the interface nor the routing table yields one.
 FALLBACK_IP_LOCAL = "127.0.0.1"
+#: DNS server reported when no resolver configuration names one (as the original does).
+FALLBACK_DNS_SERVER = "127.0.0.1"
 
 # A benchmarking-range address (RFC 2544) that is never routed on the internet. connect() on a UDP
 # socket only asks the kernel which source address it *would* use; no packet is sent.
@@ -53,6 +57,14 @@ _VM_MARKERS = (
 # enough there; the CPU 'hypervisor' flag below covers the virtualised instances.
 # Path fragments in /proc/1/cgroup or the root mount that only appear inside a container.
 _CONTAINER_MARKERS = ("docker", "kubepods", "containerd", "libpod", "podman", "lxc", "/containers/")
+
+
+def unknown_if_blank(value: object) -> str:
+    """`value` as stripped text, or "Unknown" when that is empty (the original's helper for API fields).
+
+    (This module's own detection reports an unknown fact as '' instead: see the module docstring.)
+    """
+    return str(value or "").strip() or "Unknown"
 
 
 def _read_text(path: str) -> str:
@@ -227,20 +239,25 @@ def _iface_mac(iface: str) -> str:
     return (_iface_addr(iface, psutil.AF_LINK).lower().replace("-", ":") if iface else "") or NULL_MAC
 
 
+def _nameservers(path: str) -> list[str]:
+    """The valid IP addresses of a resolv.conf's `nameserver` lines, in order (scope ids dropped)."""
+    found = []
+    for line in _read_text(path).splitlines():
+        fields = line.split()
+        if len(fields) > 1 and fields[0] == "nameserver":
+            # `fe80::1%eth0`: the zone belongs to this host's link, not to the address.
+            address = _valid_ip(fields[1].split("%", 1)[0])
+            if address:
+                found.append(address)
+    return found
+
+
 def _dns_server() -> str:
-    nameservers = [
-        line.split()[1]
-        for line in _read_text("/etc/resolv.conf").splitlines()
-        if line.startswith("nameserver") and len(line.split()) > 1
-    ]
+    """The first nameserver of this host's resolver configuration, or ''."""
+    nameservers = _nameservers("/etc/resolv.conf")
     # systemd-resolved's stub (127.0.0.53) says nothing about the network; its upstream list does.
     if nameservers[:1] == ["127.0.0.53"]:
-        upstream = [
-            line.split()[1]
-            for line in _read_text("/run/systemd/resolve/resolv.conf").splitlines()
-            if line.startswith("nameserver") and len(line.split()) > 1
-        ]
-        nameservers = upstream or nameservers
+        nameservers = _nameservers("/run/systemd/resolve/resolv.conf") or nameservers
     return nameservers[0] if nameservers else ""
 
 
@@ -284,15 +301,42 @@ def _public_lookup(deadline: float) -> dict:
     return result
 
 
-def get_host_network(public_lookups: bool = True, timeout: float = 2.0) -> dict:
+#: The lookup options used when no Django settings can be read.
+DEFAULT_PUBLIC_LOOKUPS = True
+DEFAULT_TIMEOUT = 2.0
+
+
+def _lookup_options() -> tuple[bool, float]:
+    """(public lookups on?, timeout) from MACHINE_PUBLIC_IP_LOOKUP / MACHINE_DETECT_TIMEOUT."""
+    # Imported here rather than at the top: this module stays importable without Django (hook
+    # subprocesses use it bare); the settings are read only when a caller leaves the options to them.
+    try:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from machine.conf import machine_settings
+    except ImportError:
+        return DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
+    try:
+        return bool(machine_settings.public_ip_lookup), float(machine_settings.DETECT_TIMEOUT)
+    except ImproperlyConfigured:  # Django without settings: the documented defaults
+        return DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
+
+
+def get_host_network(public_lookups: bool | None = None, timeout: float | None = None) -> dict:
     """Return the default interface's facts plus (optionally) public IP/ISP/geo, within `timeout` s.
 
+    Called without arguments (as the models do), the lookup switch and the timeout come from the
+    MACHINE_PUBLIC_IP_LOOKUP and MACHINE_DETECT_TIMEOUT settings; an argument overrides its setting.
+
     Fallbacks: mac_address NULL_MAC ('00:00:00:00:00:00'); ip_local the interface's IPv4, else the
-    routed source address, else FALLBACK_IP_LOCAL ('127.0.0.1'); iface and dns_server ''; and
-    ip_public, isp, city, region, country '' when public_lookups is False, a lookup fails, or the
-    deadline passes. '' is stable while a host stays offline, and never passes off a private
-    address as a public one.
+    routed source address, else FALLBACK_IP_LOCAL ('127.0.0.1'); dns_server the first resolver
+    nameserver, else FALLBACK_DNS_SERVER ('127.0.0.1'); iface ''; and ip_public, isp, city, region,
+    country '' when public lookups are off, a lookup fails, or the deadline passes. '' is stable
+    while a host stays offline, and never passes off a private address as a public one.
     """
+    configured_lookups, configured_timeout = _lookup_options()
+    public_lookups = configured_lookups if public_lookups is None else public_lookups
+    timeout = configured_timeout if timeout is None else timeout
     deadline = time.monotonic() + max(timeout, 0.0)
     results: queue.Queue = queue.Queue(maxsize=1)
     if public_lookups:
@@ -307,7 +351,7 @@ def get_host_network(public_lookups: bool = True, timeout: float = 2.0) -> dict:
         "mac_address": _iface_mac(iface),
         "ip_public": "",
         "ip_local": _iface_addr(iface, socket.AF_INET) if iface else "",
-        "dns_server": _dns_server(),
+        "dns_server": _dns_server() or FALLBACK_DNS_SERVER,
         "hostname": socket.gethostname(),
         "iface": iface,
         "isp": "",

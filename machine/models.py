@@ -11,22 +11,33 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil  # (part of the contract: tests patch machine.models.psutil)
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
-from base_models.models import ModelWithHealthStats, ModelWithUUIDv7
+from base_models.models import ModelWithHealthStats, ModelWithUUIDv7, normalize_config_json_values
 from machine import process_utils
-from machine.binaries import BinaryManagerMixin, BinaryMixin
+from machine.binaries import BinaryManagerMixin, BinaryMixin, canonical_binary_name
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
-from machine.detect import get_host_guid, get_host_network, get_host_stats, get_os_info, get_vm_info
+from machine.detect import (
+    FALLBACK_DNS_SERVER,
+    FALLBACK_IP_LOCAL,
+    NULL_MAC,
+    get_host_guid,
+    get_host_network,
+    get_host_stats,
+    get_os_info,
+    get_vm_info,
+)
 from machine.processes import ProcessMixin, ProcessQuerySet, RedactedEnvField
-from machine.redaction import redact_cmd
+from machine.redaction import redact_cmd, redact_nested
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -42,9 +53,10 @@ PID_REUSE_WINDOW = timedelta(hours=24)
 PROCESS_TIMEOUT_GRACE = timedelta(seconds=30)
 START_TIME_TOLERANCE = 5.0
 
-#: Non-`*_BINARY` keys a machine's config may keep: caches derived from installs, not user input.
-MACHINE_CONFIG_ALLOWED_KEYS = frozenset({"ABX_INSTALL_CACHE", "LIB_DIR", "LIB_BIN_DIR"})
 JSON_SCHEMA_VERSION = "0.9.0"
+
+#: Path-like `*_BINARY` reference -> its file name (`/x/venv/bin/trafilatura` -> `trafilatura`).
+_canonical_binary_name = canonical_binary_name
 
 
 def _is_fresh(row: models.Model | None, interval_seconds: float) -> bool:
@@ -54,34 +66,53 @@ def _is_fresh(row: models.Model | None, interval_seconds: float) -> bool:
     return timezone.now() - row.modified_at < timedelta(seconds=interval_seconds)
 
 
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "~", "./", "../")) or os.sep in value
+def _sanitize_machine_config(
+    config: dict[str, Any] | None, *, lib_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """A copy of `config` without the `*_BINARY` values that cannot name a usable binary.
+
+    Only `*_BINARY` keys with a str value are examined: a blank one is dropped; a path-like one
+    (containing `/` or starting with `~`) is dropped when it does not exist, or when `lib_dir` is
+    given and the path is not inside it; a bare command name (`wget`) is kept. Every other key and
+    value passes through untouched; kept values keep their text. Anything but a dict gives `{}`.
+    """
+    return _sanitized_config(config, lambda: lib_dir)
 
 
-def _sanitize_machine_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Keep only `*_BINARY` and allow-listed keys, without blank values or paths missing on disk."""
+def _sanitized_config(config: Any, get_lib_dir: Callable[[], str | Path | None]) -> dict[str, Any]:
+    # `get_lib_dir` is only called once a path-like value needs it, so a config without one costs
+    # no path resolution (Machine.current() runs this on every call).
     if not isinstance(config, dict):
         return {}
-    clean: dict[str, Any] = {}
+    clean = dict(config)
+    lib_root: list[Path | None] = []
     for key, value in config.items():
-        if not isinstance(key, str):
+        if not str(key).endswith("_BINARY") or not isinstance(value, str):
             continue
-        if not (key.endswith("_BINARY") or key in MACHINE_CONFIG_ALLOWED_KEYS):
+        text = value.strip()
+        if not text:
+            del clean[key]
             continue
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if isinstance(value, (dict, list)) and not value:
-            continue
-        if isinstance(value, str):
-            value = value.strip()
-            if _looks_like_path(value) and not Path(value).expanduser().exists():
+        if "/" not in text and not text.startswith("~"):
+            continue  # a command name, looked up on PATH when used
+        try:
+            path = Path(text).expanduser()
+            if not path.exists():
+                del clean[key]
                 continue
-        clean[key] = value
+            if not lib_root:
+                lib_dir = get_lib_dir()
+                lib_root.append(Path(lib_dir).expanduser().absolute() if lib_dir else None)
+            # absolute(), not resolve(): a link placed in the lib dir counts as inside it.
+            if lib_root[0] is not None and not path.absolute().is_relative_to(lib_root[0]):
+                del clean[key]
+        except (OSError, RuntimeError, ValueError):  # unreadable, no home dir, NUL in the path
+            del clean[key]
     return clean
 
 
 def _plugin_declared_binary_keys(hook_path: str) -> list[str]:
-    """`*_BINARY` keys declared in the plugin's config.json (beside the hook), in file order."""
+    """`*_BINARY` keys declared in the plugin's config.json (beside the hook)."""
     if not hook_path:
         return []
     config_file = Path(hook_path).parent / "config.json"
@@ -90,22 +121,39 @@ def _plugin_declared_binary_keys(hook_path: str) -> list[str]:
     except (OSError, ValueError):
         return []
     properties = data.get("properties", data) if isinstance(data, dict) else {}
+    if not isinstance(properties, dict):
+        return []
     return [key for key in properties if isinstance(key, str) and key.endswith("_BINARY")]
 
 
+def _env_key_part(name: str) -> str:
+    return name.strip().upper().replace("-", "_")
+
+
 def _get_process_binary_env_keys(plugin_name: str, hook_path: str, env: dict[str, Any] | None) -> list[str]:
-    """Env keys that name the binary a hook uses, most specific first, only those set in `env`."""
+    """Env keys that name the binary a hook uses, in the order they are tried; only those set in `env`.
+
+    `<PLUGIN>_BINARY`; then the plugin's declared `*_BINARY` keys (its own first, then the others
+    alphabetically); then, for a `search_backend_<engine>` plugin that is the configured
+    SEARCH_BACKEND_ENGINE, `<ENGINE>_BINARY`; then NODE_BINARY for a `.js` hook. A key counts only
+    when its value in `env` is truthy.
+    """
     env = env or {}
-    candidates: list[str] = []
-    if plugin_name:
-        candidates.append(f"{plugin_name.upper().replace('-', '_')}_BINARY")
-    candidates.extend(_plugin_declared_binary_keys(hook_path))
-    if str(hook_path).endswith(".js"):
+    plugin_name, hook_path = str(plugin_name or "").strip(), str(hook_path or "").strip()
+    plugin_key = _env_key_part(plugin_name)
+    own = f"{plugin_key}_BINARY" if plugin_key else ""
+    candidates = [own] if own else []
+    declared = _plugin_declared_binary_keys(hook_path)
+    candidates += sorted(declared, key=lambda key: (key != own, key))
+    if plugin_name.startswith("search_backend_"):
+        backend = _env_key_part(plugin_name[len("search_backend_") :])
+        if backend and backend == _env_key_part(str(env.get("SEARCH_BACKEND_ENGINE") or "")):
+            candidates.append(f"{backend}_BINARY")
+    if Path(hook_path).suffix.lower() == ".js":
         candidates.append("NODE_BINARY")
     keys: list[str] = []
     for key in candidates:
-        value = env.get(key)
-        if key not in keys and value not in (None, "") and str(value).strip():
+        if key and key not in keys and env.get(key):
             keys.append(key)
     return keys
 
@@ -134,20 +182,24 @@ class MachineManager(models.Manager):
 class Machine(ModelWithUUIDv7, ModelWithHealthStats):
     """One host running this app: its identity, hardware/OS facts, health stats and config."""
 
-    guid = models.CharField(max_length=64, unique=True, editable=False)
-    hostname = models.CharField(max_length=63, default="")
-    hw_in_docker = models.BooleanField(default=False)
-    hw_in_vm = models.BooleanField(default=False)
-    hw_manufacturer = models.CharField(max_length=63, default="", blank=True)
-    hw_product = models.CharField(max_length=63, default="", blank=True)
-    hw_uuid = models.CharField(max_length=255, default="", blank=True)
-    os_arch = models.CharField(max_length=15, default="")
-    os_family = models.CharField(max_length=15, default="")
-    os_platform = models.CharField(max_length=63, default="")
-    os_release = models.CharField(max_length=63, default="")
-    os_kernel = models.CharField(max_length=255, default="")
-    stats = models.JSONField(default=dict, blank=True)
-    config = models.JSONField(default=dict, blank=True, help_text="Per-machine overrides, e.g. WGET_BINARY.")
+    # The host facts are required, as in the original: detection always supplies a value ('' for
+    # a fact it cannot read), so a row is never saved half-described.
+    guid = models.CharField(max_length=64, default=None, null=False, unique=True, editable=False)
+    hostname = models.CharField(max_length=63, default=None, null=False)
+    hw_in_docker = models.BooleanField(default=False, null=False)
+    hw_in_vm = models.BooleanField(default=False, null=False)
+    hw_manufacturer = models.CharField(max_length=63, default=None, null=False)
+    hw_product = models.CharField(max_length=63, default=None, null=False)
+    hw_uuid = models.CharField(max_length=255, default=None, null=False)
+    os_arch = models.CharField(max_length=15, default=None, null=False)
+    os_family = models.CharField(max_length=15, default=None, null=False)
+    os_platform = models.CharField(max_length=63, default=None, null=False)
+    os_release = models.CharField(max_length=63, default=None, null=False)
+    os_kernel = models.CharField(max_length=255, default=None, null=False)
+    stats = models.JSONField(default=dict, null=True, blank=True)
+    config = models.JSONField(
+        default=dict, null=True, blank=True, help_text="Machine-specific config overrides."
+    )
 
     objects = MachineManager()
 
@@ -156,41 +208,81 @@ class Machine(ModelWithUUIDv7, ModelWithHealthStats):
         verbose_name_plural = "Machines"
 
     def __str__(self) -> str:
-        return f"{self.hostname or 'machine'} ({self.guid[:8]})"
+        return f"{self.hostname or 'machine'} ({(self.guid or '')[:8]})"
 
     @staticmethod
     def _detected_fields() -> dict[str, Any]:
+        """The detected host facts, each fitted to its column ('' for a fact detection left out)."""
         facts = {**get_os_info(), **get_vm_info()}
-        fields = {f.name: f for f in Machine._meta.concrete_fields}
         detected: dict[str, Any] = {}
-        for name, value in facts.items():
-            field = fields.get(name)
-            if field is None:
+        for field in Machine._meta.concrete_fields:
+            if field.name not in facts:
                 continue
-            if isinstance(field, models.CharField) and value is not None:
-                value = str(value)[: field.max_length]
-            detected[name] = value
+            value = facts[field.name]
+            if isinstance(field, models.CharField):
+                value = "" if value is None else str(value)[: field.max_length]
+            elif isinstance(field, models.BooleanField):
+                value = bool(value)
+            detected[field.name] = value
+        for field in Machine._meta.concrete_fields:
+            if isinstance(field, models.CharField) and field.default is None and field.name != "guid":
+                detected.setdefault(field.name, "")
         detected["stats"] = get_host_stats()
         return detected
 
     @classmethod
-    def current(cls) -> Machine:
-        """This host's row: cached while younger than MACHINE_RECHECK_INTERVAL, else re-detected."""
+    def current(cls, refresh: bool = False) -> Machine:
+        """This host's row: cached while younger than MACHINE_RECHECK_INTERVAL, else re-detected.
+
+        A warm call makes no query: it only re-checks the config's `*_BINARY` paths on disk (stat
+        calls), and writes the config back (one UPDATE) only if one was dropped. `refresh=True`
+        drops the cached row and reads it again.
+        """
         global _CURRENT_MACHINE
-        cached = _CURRENT_MACHINE
+        cached = None if refresh else _CURRENT_MACHINE
         override = machine_settings.guid_override
         if _is_fresh(cached, MACHINE_RECHECK_INTERVAL) and (not override or cached.guid == override):
-            return cached
+            return cls._sanitize_config(cached) if cached.config else cached
         guid = override or get_host_guid()
         machine = cls.objects.filter(guid=guid).first()
         if machine is None:
             machine, _created = cls.objects.get_or_create(guid=guid, defaults=cls._detected_fields())
         elif not _is_fresh(machine, MACHINE_RECHECK_INTERVAL):
-            for name, value in cls._detected_fields().items():
+            detected = cls._detected_fields()
+            for name, value in detected.items():
                 setattr(machine, name, value)
-            machine.save()
+            machine.save(update_fields=[*detected, "modified_at"])
         _CURRENT_MACHINE = cls._sanitize_config(machine)
         return _CURRENT_MACHINE
+
+    @classmethod
+    def current_readonly(cls) -> Machine | None:
+        """This host's row without creating, refreshing or writing anything: the cache, else a lookup."""
+        cached = _CURRENT_MACHINE
+        override = machine_settings.guid_override
+        if cached is not None and cached.pk is not None and (not override or cached.guid == override):
+            return cached
+        return cls.objects.filter(guid=override or get_host_guid()).first()
+
+    def save(self, *args, **kwargs) -> None:
+        """Save with JSON-quoted config strings unquoted; the process's cached row follows the save."""
+        normalized = normalize_config_json_values(self.config)
+        if normalized != self.config:
+            self.config = normalized
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None and "config" not in update_fields:
+                kwargs["update_fields"] = [*update_fields, "config"]
+        super().save(*args, **kwargs)
+        cached = _CURRENT_MACHINE
+        if cached is not None and cached is not self and cached.pk == self.pk:
+            names = kwargs.get("update_fields")
+            fields = (
+                [self._meta.get_field(name) for name in names]
+                if names is not None
+                else self._meta.concrete_fields
+            )
+            for field in fields:
+                setattr(cached, field.attname, getattr(self, field.attname))
 
     def lock_row(self) -> None:
         """Inside a transaction: serialise writers of rows that belong to this machine.
@@ -205,14 +297,21 @@ class Machine(ModelWithUUIDv7, ModelWithHealthStats):
 
     @classmethod
     def _sanitize_config(cls, machine: Machine) -> Machine:
-        """Persist the sanitized config when sanitizing changed it."""
-        clean = _sanitize_machine_config(machine.config)
-        if clean != machine.config:
-            machine.config = clean
-            cls.objects.filter(pk=machine.pk).update(config=clean)
+        """Drop the config's unusable `*_BINARY` values (see _sanitize_machine_config, with this app's
+        lib dir) and persist the result with one UPDATE when that changed it. Returns `machine`."""
+        config = machine.config
+        if not config:
+            return machine  # {} or None: nothing to check (None stays None, as in the original)
+        clean = _sanitized_config(config, lambda: machine_settings.lib_dir)
+        if clean != config:
+            now = timezone.now()
+            cls.objects.filter(pk=machine.pk).update(config=clean, modified_at=now)
+            machine.config, machine.modified_at = clean, now
         return machine
 
     def to_json(self) -> dict[str, Any]:
+        """The row as a `Machine` record; secret-looking config values are redacted."""
+        config, _found = redact_nested(self.config or {})
         return {
             "type": "Machine",
             "schema_version": JSON_SCHEMA_VERSION,
@@ -227,10 +326,10 @@ class Machine(ModelWithUUIDv7, ModelWithHealthStats):
             "os_arch": self.os_arch,
             "os_family": self.os_family,
             "os_platform": self.os_platform,
-            "os_release": self.os_release,
             "os_kernel": self.os_kernel,
+            "os_release": self.os_release,
             "stats": self.stats,
-            "config": self.config,
+            "config": config,
             "num_uses_succeeded": self.num_uses_succeeded,
             "num_uses_failed": self.num_uses_failed,
             "created_at": self.created_at.isoformat() if self.created_at else None,
@@ -239,19 +338,25 @@ class Machine(ModelWithUUIDv7, ModelWithHealthStats):
 
     @staticmethod
     def from_json(record: dict[str, Any], overrides: dict[str, Any] | None = None) -> Machine | None:
-        """Merge `record["config"]` (sanitized) into this host's config; None when there is none."""
+        """Merge the usable part of `record["config"]` into this host's config; None when nothing is usable.
+
+        The record's config is sanitized as Machine.current() would (lib dir included), so a record
+        cannot store a value that the next current() drops. `overrides` is accepted and unused.
+        """
         if not isinstance(record, dict):
             return None
-        config = record.get("config")
-        if not isinstance(config, dict):
+        patch = _sanitized_config(record.get("config"), lambda: machine_settings.lib_dir)
+        if not patch:
             return None
         machine = Machine.current()
         with transaction.atomic():
             machine.lock_row()
-            current_config = Machine.objects.filter(pk=machine.pk).values_list("config", flat=True).first()
-            merged = _sanitize_machine_config({**(current_config or {}), **config})
-            Machine.objects.filter(pk=machine.pk).update(config=merged, modified_at=timezone.now())
-        machine.config = merged
+            stored = Machine.objects.filter(pk=machine.pk).values_list("config", flat=True).first()
+            merged = {**_sanitized_config(stored, lambda: machine_settings.lib_dir), **patch}
+            merged = normalize_config_json_values(merged)
+            now = timezone.now()
+            Machine.objects.filter(pk=machine.pk).update(config=merged, modified_at=now)
+        machine.config, machine.modified_at = merged, now
         return machine
 
 
@@ -263,17 +368,18 @@ class NetworkInterfaceManager(models.Manager):
 class NetworkInterface(ModelWithUUIDv7, ModelWithHealthStats):
     """One network identity of a machine: addresses, DNS server and (when looked up) ISP and place."""
 
-    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
-    mac_address = models.CharField(max_length=17, editable=False)
-    ip_public = models.GenericIPAddressField(editable=False, null=True, blank=True)
-    ip_local = models.GenericIPAddressField(editable=False)
-    dns_server = models.CharField(max_length=63, default="", blank=True, editable=False)
-    hostname = models.CharField(max_length=63, default="")
-    iface = models.CharField(max_length=15, default="")
-    isp = models.CharField(max_length=63, default="", blank=True)
-    city = models.CharField(max_length=63, default="", blank=True)
-    region = models.CharField(max_length=63, default="", blank=True)
-    country = models.CharField(max_length=63, default="", blank=True)
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, default=None, null=False, editable=False)
+    mac_address = models.CharField(max_length=17, default=None, null=False, editable=False)
+    #: NULL while the public address is unknown (offline, or lookups turned off), never a made-up one.
+    ip_public = models.GenericIPAddressField(default=None, null=True, blank=True, editable=False)
+    ip_local = models.GenericIPAddressField(default=None, null=False, editable=False)
+    dns_server = models.GenericIPAddressField(default=None, null=False, editable=False)
+    hostname = models.CharField(max_length=63, default="", null=False)
+    iface = models.CharField(max_length=15, default="", null=False)
+    isp = models.CharField(max_length=63, default="", null=False, blank=True)
+    city = models.CharField(max_length=63, default="", null=False, blank=True)
+    region = models.CharField(max_length=63, default="", null=False, blank=True)
+    country = models.CharField(max_length=63, default="", null=False, blank=True)
 
     objects = NetworkInterfaceManager()
 
@@ -298,15 +404,13 @@ class NetworkInterface(ModelWithUUIDv7, ModelWithHealthStats):
             and _is_fresh(cached, NETWORK_INTERFACE_RECHECK_INTERVAL)
         ):
             return cached
-        net = get_host_network(
-            public_lookups=machine_settings.public_ip_lookup, timeout=float(machine_settings.DETECT_TIMEOUT)
-        )
+        net = get_host_network()  # the lookup switch and timeout are read from the settings inside
         fingerprint = {
             "machine": machine,
             "ip_public": net.get("ip_public") or None,
-            "ip_local": net.get("ip_local") or "127.0.0.1",
-            "mac_address": (net.get("mac_address") or "00:00:00:00:00:00")[:17],
-            "dns_server": (net.get("dns_server") or "")[:63],
+            "ip_local": net.get("ip_local") or FALLBACK_IP_LOCAL,
+            "mac_address": (net.get("mac_address") or NULL_MAC)[:17],
+            "dns_server": net.get("dns_server") or FALLBACK_DNS_SERVER,
         }
         details = {
             name: str(net.get(name) or "")[: cls._meta.get_field(name).max_length]
@@ -343,12 +447,14 @@ class NetworkInterface(ModelWithUUIDv7, ModelWithHealthStats):
         }
 
 
-def _cached_binary(name: str, machine: Machine, facts: dict[str, str]) -> Binary | None:
-    """The `_CURRENT_BINARIES` entry for `name` if still fresh, of this machine, matching `facts` and not deleted."""
+def _cached_binary(name: str, machine: Machine) -> Binary | None:
+    """The `_CURRENT_BINARIES` entry for `name` while fresh, if it is this machine's and still exists.
+
+    As in the original, a fresh entry is served whatever the other arguments of the call. The
+    existence check is one primary-key lookup: a row deleted meanwhile is never handed out.
+    """
     cached = _CURRENT_BINARIES.get(name)
     if cached is None or cached.machine_id != machine.pk or not _is_fresh(cached, BINARY_RECHECK_INTERVAL):
-        return None
-    if any(value and getattr(cached, field) != value for field, value in facts.items()):
         return None
     if not Binary.objects.filter(pk=cached.pk).exists():
         _CURRENT_BINARIES.pop(name, None)
@@ -360,13 +466,14 @@ class BinaryManager(BinaryManagerMixin, models.Manager):
     def get_from_db_or_cache(
         self, name: str, abspath: str = "", version: str = "", sha256: str = "", binprovider: str = "env"
     ) -> Binary:
-        """The row for this binary on this machine: from `_CURRENT_BINARIES` while fresh, else get-or-create."""
+        """The row for this binary on this machine: the fresh cached row of that name, else get-or-create."""
         machine = Machine.current()
-        facts = {"abspath": abspath, "version": version, "sha256": sha256}
-        cached = _cached_binary(name, machine, facts)
+        cached = _cached_binary(name, machine)
         if cached is not None:
             return cached
-        binary = self.record_binary(machine, name, binprovider=binprovider, **facts)
+        binary = self.record_binary(
+            machine, name, abspath=abspath, version=version, sha256=sha256, binprovider=binprovider
+        )
         _CURRENT_BINARIES[name] = binary
         return binary
 
@@ -392,13 +499,15 @@ class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateM
         max_length=127,
         default="env",
         blank=True,
-        help_text="Comma list of allowed providers; empty or * = any.",
+        help_text="Comma-separated list of allowed providers: apt,brew,pip,npm,env",
     )
     overrides = models.JSONField(
-        default=dict, blank=True, help_text="Per-provider overrides, stored unchanged."
+        default=dict,
+        blank=True,
+        help_text="Provider-specific overrides: {'apt': {'install_args': ['pkg']}, ...}",
     )
     binprovider = models.CharField(
-        max_length=31, default="", blank=True, help_text="The provider that succeeded."
+        max_length=31, default="", blank=True, help_text="Provider that successfully installed this binary"
     )
     abspath = models.CharField(max_length=255, default="", blank=True)
     version = models.CharField(max_length=32, default="", blank=True)
@@ -443,6 +552,21 @@ class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateM
             / str(self.id)
         )
 
+    @staticmethod
+    def from_json(record: dict[str, Any], overrides: dict[str, Any] | None = None) -> Binary | None:
+        """Create or update this machine's one row of `record["name"]`; None when the record is unusable.
+
+        - abspath, version and binproviders: the row becomes installed with those facts;
+        - binproviders given (any value), or overrides without an abspath: a request, the row is
+          queued (an installed row is queued again; a row a worker holds keeps its claim);
+        - abspath and version: the row becomes installed (binproviders untouched);
+        - anything else: None. An installed row is linked into `<lib_dir>/bin` after commit.
+
+        The name is canonicalised (a path gives its file name); the newest row of that name is
+        updated in place. `overrides` (the argument) is accepted and unused.
+        """
+        return Binary.apply_record(record)
+
 
 class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
     def current(self) -> Process:
@@ -479,6 +603,26 @@ class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
                 return row
         return None
 
+    def create_for_archiveresult(self, archiveresult, **kwargs) -> Process:
+        """A queued row for a downstream ArchiveResult's hook run; every keyword argument wins.
+
+        Defaults: the interface (`iface` or this host's), its machine, pwd
+        `<snapshot.output_dir>/<plugin>`, no cmd, timeout 120, empty env.
+        """
+        iface = kwargs.get("iface") or NetworkInterface.current()
+        pwd = kwargs.get("pwd") or str(Path(archiveresult.snapshot.output_dir) / archiveresult.plugin)
+        fields = {
+            "machine": iface.machine,
+            "pwd": pwd,
+            "cmd": kwargs.get("cmd") or [],
+            "status": ProcessStatus.QUEUED,
+            "timeout": kwargs.get("timeout", 120),
+            "env": kwargs.get("env", {}),
+            "iface": iface,
+        }
+        fields.update(kwargs)
+        return self.create(**fields)
+
 
 class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     """One OS process: launched by us (queued -> running -> exited) or registered by itself."""
@@ -486,36 +630,93 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     StatusChoices = ProcessStatus
     TypeChoices = ProcessType
 
-    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="process_set")
+    machine = models.ForeignKey(
+        Machine,
+        on_delete=models.CASCADE,
+        null=False,
+        related_name="process_set",
+        help_text="Machine where this process executed",
+    )
     parent = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text="Parent process that spawned this process",
     )
     process_type = models.CharField(
-        max_length=16, choices=ProcessType.choices, default=ProcessType.BINARY, db_index=True
+        max_length=16,
+        choices=ProcessType.choices,
+        default=ProcessType.CLI,
+        db_index=True,
+        help_text="Type of process (cli, worker, orchestrator, binary, supervisord)",
     )
-    worker_type = models.CharField(max_length=32, default="", blank=True, db_index=True)
+    worker_type = models.CharField(
+        max_length=32,
+        default="",
+        null=False,
+        blank=True,
+        db_index=True,
+        help_text="Worker role name for worker/orchestrator subprocesses",
+    )
 
-    pwd = models.CharField(max_length=512, default="", blank=True)
-    cmd = models.JSONField(default=list, blank=True)
-    env = RedactedEnvField(default=dict, blank=True, help_text="Environment, with secret values redacted.")
-    timeout = models.IntegerField(default=120, help_text="Seconds.")
+    pwd = models.CharField(
+        max_length=512,
+        default="",
+        null=False,
+        blank=True,
+        help_text="Working directory for process execution",
+    )
+    cmd = models.JSONField(default=list, null=False, blank=True, help_text="Command as array of arguments")
+    env = RedactedEnvField(
+        default=dict,
+        null=False,
+        blank=True,
+        help_text="Environment variables for process (secret-looking values are stored redacted)",
+    )
+    timeout = models.IntegerField(default=120, null=False, help_text="Timeout in seconds")
 
-    pid = models.IntegerField(null=True, blank=True, db_index=True)
-    exit_code = models.IntegerField(null=True, blank=True)
-    stdout = models.TextField(default="", blank=True)
-    stderr = models.TextField(default="", blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    ended_at = models.DateTimeField(null=True, blank=True)
+    pid = models.IntegerField(default=None, null=True, blank=True, db_index=True, help_text="OS process ID")
+    exit_code = models.IntegerField(
+        default=None, null=True, blank=True, help_text="Process exit code (0 = success)"
+    )
+    stdout = models.TextField(default="", null=False, blank=True, help_text="Standard output from process")
+    stderr = models.TextField(default="", null=False, blank=True, help_text="Standard error from process")
+    started_at = models.DateTimeField(
+        default=None, null=True, blank=True, help_text="When process was launched"
+    )
+    ended_at = models.DateTimeField(
+        default=None, null=True, blank=True, help_text="When process completed/terminated"
+    )
     #: The OS's own start time of the process (psutil create_time), exact to the clock tick.
     os_start_time = models.FloatField(null=True, blank=True)
     #: Per-launch marker put in the child's environment, to find descendants that escaped the tree.
     launch_marker = models.CharField(max_length=64, default="", blank=True)
 
     binary = models.ForeignKey(
-        Binary, on_delete=models.SET_NULL, null=True, blank=True, related_name="process_set"
+        Binary,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="process_set",
+        help_text="Binary used by this process",
     )
-    iface = models.ForeignKey(NetworkInterface, on_delete=models.SET_NULL, null=True, blank=True)
-    url = models.URLField(max_length=2048, default="", blank=True)
+    iface = models.ForeignKey(
+        NetworkInterface,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="process_set",
+        help_text="Network interface used by this process",
+    )
+    url = models.URLField(
+        max_length=2048,
+        default=None,
+        null=True,
+        blank=True,
+        help_text="Connection URL (CDP endpoint, sonic server, etc.)",
+    )
 
     status = ModelWithStateMachine.StatusField(
         choices=ProcessStatus.choices, default=ProcessStatus.QUEUED, max_length=16
@@ -576,10 +777,11 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     def _touch_current(cls, cached: Process) -> bool:
         now = timezone.now()
         updated = cls.objects.filter(pk=cached.pk).update(
-            status=ProcessStatus.RUNNING, ended_at=None, modified_at=now
+            status=ProcessStatus.RUNNING, exit_code=None, ended_at=None, modified_at=now
         )
         if updated:
-            cached.status, cached.ended_at, cached.modified_at = ProcessStatus.RUNNING, None, now
+            cached.status, cached.exit_code = ProcessStatus.RUNNING, None
+            cached.ended_at, cached.modified_at = None, now
             cached.__dict__["_checked_at"] = time.monotonic()
         return bool(updated)
 
@@ -614,25 +816,66 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
         return cls.objects.get_by_pid(ppid, machine or Machine.current())
 
     @classmethod
+    def current_readonly(cls) -> Process | None:
+        """This OS process's cached row, or None; never queries, creates or writes."""
+        cached = _CURRENT_PROCESS
+        return cached if cached is not None and cached.pid == os.getpid() else None
+
+    @classmethod
     def _detect_process_type(cls) -> str:
-        """Classify sys.argv by MACHINE_PROCESS_TYPE_PATTERNS (first substring match); default binary."""
-        argv = " ".join(sys.argv).lower()
+        """Classify sys.argv by MACHINE_PROCESS_TYPE_PATTERNS (first match wins); default binary."""
+        argv = [str(arg) for arg in sys.argv]
+        joined = " ".join(argv).lower()
         for pattern, process_type in machine_settings.PROCESS_TYPE_PATTERNS:
-            if pattern.lower() in argv:
+            if pattern(argv) if callable(pattern) else str(pattern).lower() in joined:
                 return process_type
         return ProcessType.BINARY
 
     def hydrate_binary_from_context(self, *, plugin_name: str = "", hook_path: str = "") -> Binary | None:
-        """Link the Binary named by the hook's `*_BINARY` env value (by abspath or name); None if unknown."""
+        """Set `self.binary` (in memory only) to the known Binary this process runs; None if unknown.
+
+        References are tried in order: the values of the hook's `*_BINARY` env keys (see
+        _get_process_binary_env_keys), then `cmd[0]`; each is matched by abspath, then by name.
+        Nothing is written: the caller saves the row.
+        """
         machine = self.machine if self.machine_id else Machine.current()
-        for key in _get_process_binary_env_keys(plugin_name, hook_path, self.env):
-            binary = _find_existing_binary_for_reference(machine, str(self.env[key]))
+        env = self.env or {}
+        references: list[str] = []
+        for key in _get_process_binary_env_keys(plugin_name, hook_path, env):
+            references.append(str(env.get(key) or "").strip())
+        if self.cmd:
+            references.append(str(self.cmd[0]).strip())
+        for reference in dict.fromkeys(ref for ref in references if ref):
+            binary = _find_existing_binary_for_reference(machine, reference)
             if binary is not None:
                 self.binary = binary
-                if self.pk and not self._state.adding:
-                    type(self).objects.filter(pk=self.pk).update(binary=binary, modified_at=timezone.now())
                 return binary
         return None
+
+    @staticmethod
+    def from_json(record: dict[str, Any], overrides: dict[str, Any] | None = None) -> Process | None:
+        """The existing row named by `record["id"]`, else None; never creates or changes a row.
+
+        (A record that should become a queued row goes to `Process.queue_from_json()`.)
+        """
+        if not isinstance(record, dict) or not record.get("id"):
+            return None
+        try:
+            return Process.objects.filter(pk=record["id"]).first()
+        except (ValueError, TypeError, ValidationError):
+            return None  # not a valid id
+
+    def safe_update(
+        self,
+        update_fields: dict[str, Any],
+        *,
+        refresh: bool = True,
+        extra_filter: dict[str, Any] | None = None,
+    ) -> bool:
+        """One UPDATE of this row, only if nobody wrote it since this instance read it (modified_at
+        unchanged) and `extra_filter` still matches; True if written. See ModelWithStateMachine."""
+        guard = {"modified_at": self.modified_at, **(extra_filter or {})}
+        return super().safe_update(update_fields, refresh=refresh, extra_filter=guard)
 
 
 # The contract imports the state machines from machine.models.

@@ -14,6 +14,9 @@ from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 
+#: Script types a hook can be (the suffix of its file name).
+HOOK_SCRIPT_SUFFIXES = (".py", ".js", ".sh")
+
 
 class ProcessFilesMixin:
     """Runtime files of a process (mixed into Process through ProcessMixin)."""
@@ -22,21 +25,27 @@ class ProcessFilesMixin:
 
     @property
     def hook_script_name(self) -> str | None:
-        """File name of the hook script in cmd (`on_<Event>__NN_name.ext`), else None."""
-        for arg in self.cmd or []:
-            name = os.path.basename(str(arg))
-            if name.startswith("on_") and "__" in name:
+        """For a hook process: the file name of its script (the first argument, options aside, whose
+        file name starts with `on_` and ends in .py/.js/.sh); else None."""
+        if self.process_type != ProcessType.HOOK or not self.cmd:
+            return None
+        for arg in self.cmd:
+            text = str(arg)
+            if text.startswith("-"):
+                continue
+            name = Path(text).name
+            if name.startswith("on_") and Path(name).suffix in HOOK_SCRIPT_SUFFIXES:
                 return name
         return None
 
     @property
     def runtime_dir(self) -> Path | None:
+        """Where the logs live: `pwd`, or `pwd/.hooks/<hook script>` for a hook process."""
         if not self.pwd:
             return None
         base = Path(self.pwd)
-        if self.process_type == ProcessType.HOOK and self.hook_script_name:
-            return base / ".hooks" / self.hook_script_name
-        return base
+        script = self.hook_script_name
+        return base / ".hooks" / script if script else base
 
     def _runtime_file(self, name: str) -> Path | None:
         directory = self.runtime_dir
@@ -95,9 +104,16 @@ class ProcessFilesMixin:
             os.utime(path, (start, start))
 
     def _remove_pid_file(self) -> None:
+        # Only the file launch() wrote: a row registered by its own process has the process's cwd
+        # as pwd, and a `process.pid` there is somebody else's.
         path = self.pid_file
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if path is None or self.pid is None:
+            return
+        try:
+            if path.read_text().strip() == str(self.pid):
+                path.unlink(missing_ok=True)
+        except (OSError, UnicodeDecodeError):
+            pass
 
     def _stream_file(self, stream: str) -> Path | None:
         if stream not in ("stdout", "stderr"):

@@ -417,6 +417,12 @@ def kill_tree(
     return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
 
 
+def launched_pids() -> set[int]:
+    """Pids of the children launched by this process that the registry still remembers."""
+    with _children_lock:
+        return {child.pid for child in _children.values()}
+
+
 def known_exit_code(
     pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
 ) -> int | None:

@@ -7,6 +7,7 @@ tree walk, tail). Nothing here imports `machine.models`.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
@@ -18,7 +19,9 @@ from typing import Any
 import psutil
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Concat, Right
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from machine import process_utils
@@ -72,6 +75,23 @@ def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any)
         raise ProcessInputError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
 
 
+#: The exit code recorded when how a process ended can no longer be known (as for a SIGKILL).
+UNKNOWN_EXIT_CODE = 137
+#: The line appended to stderr whenever UNKNOWN_EXIT_CODE is recorded, so it is never mistaken for a real one.
+UNKNOWN_EXIT_NOTE = (
+    "exit status unknown: the row was closed without observing the process exit; recorded as 137"
+)
+#: Process types whose running root keeps its worker and hook rows open (cleanup_orphaned_workers).
+COMMAND_ROOT_TYPES = (
+    ProcessType.ORCHESTRATOR,
+    ProcessType.SERVER,
+    ProcessType.UPDATE,
+    ProcessType.ADD,
+    ProcessType.SEARCH,
+    ProcessType.CLI,
+)
+
+
 def exit_code_from_status(code: int | None) -> int | None:
     """Normalise a recorded exit code: negative (-N = killed by signal N; -1 = unknown kill) -> 128 + N."""
     if code is None:
@@ -79,6 +99,49 @@ def exit_code_from_status(code: int | None) -> int | None:
     if code == -1:
         return 137
     return 128 - code if code < 0 else code
+
+
+def recorded_exit(code: int | None) -> tuple[int, str]:
+    """The one rule for the exit code a closed row gets: (code, note for stderr or '').
+
+    A known code is normalised (exit_code_from_status); an unknown one (None) becomes
+    UNKNOWN_EXIT_CODE with UNKNOWN_EXIT_NOTE, never a made-up 0.
+    """
+    if code is None:
+        return UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE
+    return exit_code_from_status(code), ""
+
+
+def recorded_exit_sql() -> dict[str, Any]:
+    """recorded_exit() for the rows of one UPDATE, applied to each row's own exit_code (and stderr)."""
+    return {
+        "exit_code": Case(
+            When(exit_code__isnull=True, then=Value(UNKNOWN_EXIT_CODE)),
+            When(exit_code=-1, then=Value(137)),
+            When(exit_code__lt=0, then=Value(128) - F("exit_code")),
+            default=F("exit_code"),
+        ),
+        "stderr": Case(
+            When(exit_code__isnull=False, then=F("stderr")),
+            When(stderr="", then=Value(UNKNOWN_EXIT_NOTE + "\n")),
+            # (Right(), not __endswith: LIKE costs more than the whole rest of the UPDATE.)
+            When(
+                Exact(Right("stderr", 1), Value("\n")),
+                then=Concat(F("stderr"), Value(UNKNOWN_EXIT_NOTE + "\n")),
+            ),
+            default=Concat(F("stderr"), Value("\n" + UNKNOWN_EXIT_NOTE + "\n")),
+            output_field=models.TextField(),
+        ),
+    }
+
+
+def append_line(text: str, line: str) -> str:
+    """`text` with `line` appended as a line of its own."""
+    if not line:
+        return text
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"{text}{line}\n"
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -144,19 +207,26 @@ class ProcessQuerySet(models.QuerySet):
         return self.close_ids(list(self.values_list("pk", flat=True)), exit_code=exit_code)
 
     def close_ids(self, ids: list, *, exit_code: int | None = None) -> int:
-        """Mark the RUNNING rows among `ids` EXITED, CLEANUP_BATCH_SIZE ids per UPDATE."""
+        """Mark the RUNNING rows among `ids` EXITED, CLEANUP_BATCH_SIZE ids per UPDATE.
+
+        The batch form of ProcessMixin._finish() for rows whose output is not captured: the same
+        rule (recorded_exit) gives each row `exit_code`, else the code it already has, else
+        UNKNOWN_EXIT_CODE with UNKNOWN_EXIT_NOTE appended to its stderr.
+        """
         now = timezone.now()
         closed = 0
+        values: dict[str, Any] = {
+            "status": ProcessStatus.EXITED,
+            "ended_at": now,
+            "retry_at": None,
+            "modified_at": now,
+        }
+        if exit_code is None:
+            values.update(recorded_exit_sql())
+        else:
+            values["exit_code"] = recorded_exit(exit_code)[0]
         for start in range(0, len(ids), CLEANUP_BATCH_SIZE):
             chunk = ids[start : start + CLEANUP_BATCH_SIZE]
-            values: dict[str, Any] = {
-                "status": ProcessStatus.EXITED,
-                "ended_at": now,
-                "retry_at": None,
-                "modified_at": now,
-            }
-            if exit_code is not None:
-                values["exit_code"] = exit_code
             closed += self.model._default_manager.filter(pk__in=chunk, status=ProcessStatus.RUNNING).update(
                 **values
             )
@@ -203,19 +273,21 @@ class ProcessMixin(ProcessFilesMixin):
     def depth(self) -> int:
         return len(self.ancestors)
 
-    def get_descendants(self, include_self: bool = False) -> list:
-        """All DB children, grandchildren, ... breadth first (one query per level)."""
-        found = [self] if include_self else []
+    def get_descendants(self, include_self: bool = False) -> models.QuerySet:
+        """All DB children, grandchildren, ... (breadth first, one query per level), as a QuerySet."""
+        found = [self.pk] if include_self else []
         seen, frontier = {self.pk}, [self.pk]
         manager = type(self)._default_manager
         while frontier:
             level = [
-                p for p in manager.filter(parent_id__in=frontier).order_by("created_at") if p.pk not in seen
+                pk
+                for pk in manager.filter(parent_id__in=frontier).values_list("pk", flat=True)
+                if pk not in seen
             ]
-            seen.update(p.pk for p in level)
+            seen.update(level)
             found.extend(level)
-            frontier = [p.pk for p in level]
-        return found
+            frontier = level
+        return manager.filter(pk__in=found).order_by("created_at", "pk")
 
     # -- identity and the OS view ----------------------------------------------------------------
 
@@ -248,18 +320,20 @@ class ProcessMixin(ProcessFilesMixin):
     def is_alive(self) -> bool:
         return self.is_running
 
-    def get_memory_info(self):
-        """psutil memory info of the proven process, or None."""
+    def get_memory_info(self) -> dict[str, int] | None:
+        """`{"rss": ..., "vms": ...}` (bytes) of the proven process, or None."""
         proc = self.proc
         try:
-            return proc.memory_info() if proc else None
+            info = proc.memory_info() if proc else None
         except psutil.Error:
             return None
+        return {"rss": info.rss, "vms": info.vms} if info is not None else None
 
-    def get_cpu_percent(self, interval: float | None = None) -> float | None:
+    def get_cpu_percent(self) -> float | None:
+        """CPU use of the proven process over 0.1 s (blocks that long), or None."""
         proc = self.proc
         try:
-            return proc.cpu_percent(interval=interval) if proc else None
+            return proc.cpu_percent(interval=0.1) if proc else None
         except psutil.Error:
             return None
 
@@ -317,21 +391,38 @@ class ProcessMixin(ProcessFilesMixin):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def _child_env(self) -> dict[str, Any]:
-        # Redacted placeholders (a row read back from the database) are dropped, so the child
-        # inherits the real value from this process's environment instead of the mark.
-        return {k: v for k, v in (self.env or {}).items() if v != process_utils.REDACTED}
+    def _build_env(self) -> dict[str, str]:
+        """The environment a launch gives the child: this process's environment overlaid with `env`.
 
-    def _read_logs(self) -> tuple[str, str]:
-        """Both logs, secrets scrubbed; the files are rewritten when scrubbing changed them."""
-        texts = []
+        The one rule for env values: None and the redaction mark are skipped (the inherited value
+        stays; a row read back from the database holds the mark, never the secret), str as is,
+        bool as "True"/"False", int/float through str(), anything else as JSON.
+        """
+        env = dict(os.environ)
+        for key, value in (self.env or {}).items():
+            if value is None or value == process_utils.REDACTED:
+                continue
+            if isinstance(value, str):
+                env[key] = value
+            elif isinstance(value, bool):
+                env[key] = "True" if value else "False"
+            elif isinstance(value, (int, float)):
+                env[key] = str(value)
+            else:
+                env[key] = json.dumps(value, default=str)
+        return env
+
+    def _read_logs(self) -> tuple[str | None, str | None]:
+        """Both logs (None for a missing one), secrets scrubbed; a file is rewritten when scrubbing changed it."""
+        texts: list[str | None] = []
         for path in (self.stdout_file, self.stderr_file):
-            text = ""
+            text = None
             if path is not None:
                 try:
                     text = path.read_text(errors="replace")
-                except FileNotFoundError:
-                    text = ""
+                except OSError:  # missing (never launched here), or the pwd is gone
+                    text = None
+            if text is not None:
                 clean = scrub_secrets(text, self.env)
                 if clean != text:
                     path.write_text(clean)
@@ -339,17 +430,30 @@ class ProcessMixin(ProcessFilesMixin):
             texts.append(text)
         return texts[0], texts[1]
 
-    def _finish(self, exit_code: int | None, *, all_fields: bool = False) -> None:
-        """Record the end: exit code, captured output, ended_at; the pid file goes away."""
-        self.exit_code = exit_code_from_status(exit_code)
-        self.stdout, self.stderr = self._read_logs()
+    def _finish(self, exit_code: int | None, *, note: str = "", all_fields: bool = False) -> None:
+        """Close this row: the one path that records how a process ended.
+
+        The exit code goes through recorded_exit() (a known code normalised; an unknown one, None,
+        becomes 137 with a note in stderr). The output is captured from the log files (a row
+        without them keeps what it stored), `note` is appended to stderr, ended_at is kept if set,
+        and the pid file goes away.
+        """
+        code, unknown = recorded_exit(exit_code)
+        stdout, stderr = self._read_logs()
+        if stdout is not None:
+            self.stdout = stdout
+        if stderr is not None:
+            self.stderr = stderr
+        for line in (note, unknown):
+            self.stderr = append_line(self.stderr or "", line)
+        self.exit_code = code
         self.status = ProcessStatus.EXITED
-        self.ended_at = timezone.now()
+        self.ended_at = self.ended_at or timezone.now()
         self.retry_at = None
         self._remove_pid_file()
         if all_fields or self._state.adding:
             self.save()
-        else:  # a saved running row: only what ending changed
+        else:  # a saved row: only what ending changed
             self.save(update_fields=FINISH_FIELDS)
 
     def launch(self, background: bool = False, cwd: str | None = None):
@@ -374,17 +478,18 @@ class ProcessMixin(ProcessFilesMixin):
             with open(path, "ab") as log:
                 log.truncate(0)  # one run per row: start clean (and create the file)
         files = (self.stdout_file, self.stderr_file)
-        spawned = process_utils.spawn(self.cmd, workdir, self._child_env(), *files)
+        # The child's environment is _build_env(); process_utils only adds the launch marker.
+        spawned = process_utils.spawn(self.cmd, workdir, self._build_env(), *files, inherit_env=False)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time
         self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
+        self.exit_code = None
+        self.ended_at = None
         if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
             self._finish(spawned.exit_code, all_fields=True)
             return self
         self.status = ProcessStatus.RUNNING
-        self.exit_code = None
-        self.ended_at = None
         self.retry_at = timezone.now()  # due: the next tick polls it
         if background:
             self._write_pid_file()
@@ -409,22 +514,25 @@ class ProcessMixin(ProcessFilesMixin):
 
     def record_launch_failure(self, message: str) -> None:
         """Record that this row could not be launched: EXITED, exit code 126, the reason in stderr."""
-        self.exit_code = process_utils.EXIT_NOT_EXECUTABLE
-        self.stderr = f"cannot launch: {message}\n"
-        self.status = ProcessStatus.EXITED
-        self.ended_at = timezone.now()
-        self.retry_at = None
-        self.save()
+        self._finish(process_utils.EXIT_NOT_EXECUTABLE, note=f"cannot launch: {message}", all_fields=True)
 
     def _proven_args(self) -> tuple[int | None, float | None, list | None, float, str | None]:
         pid, start, tolerance = self._identity()
         return pid, start, self.cmd or None, tolerance, self.launch_marker or None
 
     def poll(self) -> int | None:
-        """The exit code once the process has ended (recording it), None while it runs."""
+        """None while the process runs (or has not started); once it has ended, its exit code.
+
+        An exited row always answers an int: a recorded code is never overwritten (a recorded -1
+        becomes 137); a code that can no longer be known is recorded as 137 with a note in stderr.
+        A running row of this machine whose process is gone is closed: with the true code when it
+        was our child, else as unknown. A row of another machine is not judged here: None.
+        """
         if self.status == ProcessStatus.EXITED:
+            if recorded_exit(self.exit_code)[0] != self.exit_code:
+                self._finish(self.exit_code)
             return self.exit_code
-        if self.status != ProcessStatus.RUNNING:
+        if self.status != ProcessStatus.RUNNING or not self._is_local():
             return None
         pid, start, _cmd, tolerance, marker = self._proven_args()
         if pid is not None and start is not None:
@@ -434,28 +542,60 @@ class ProcessMixin(ProcessFilesMixin):
                 return self.exit_code
             if self.is_running:
                 return None
-        # Gone, and not our child: its exit status went to its real parent; record that we don't know.
-        self._finish(None)
+        # Gone, and not our child: its exit status went to its real parent. A code recorded on the
+        # row is kept; otherwise the row says that nobody knows it.
+        self._finish(self.exit_code)
         return self.exit_code
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the process ends and return its exit code; TimeoutError past `timeout`."""
-        timeout = self.timeout if timeout is None else timeout
-        pid, start, cmd, tolerance, marker = self._proven_args()
-        if self.status == ProcessStatus.RUNNING and pid is not None and start is not None:
-            process_utils.wait(pid, start, cmd, marker=marker, timeout=timeout, tolerance=tolerance)
-        return self.poll()
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process ends and return its exit code; TimeoutError past `timeout`.
+
+        `timeout or self.timeout` seconds, as in the original (so 0 also means the row's timeout).
+        Never kills: the caller decides what to do with a process that outlives the wait.
+        """
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            pid, start, cmd, tolerance, marker = self._proven_args()
+            if (
+                self.status == ProcessStatus.RUNNING
+                and pid is not None
+                and start is not None
+                and self._is_local()
+            ):
+                try:
+                    process_utils.wait(
+                        pid, start, cmd, marker=marker, timeout=max(0.0, deadline - time.monotonic()),
+                        tolerance=tolerance,
+                    )  # fmt: skip
+                except TimeoutError:
+                    raise TimeoutError(f"Process {self.id} did not exit within {timeout}s") from None
+            code = self.poll()
+            if code is not None:
+                return code
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Process {self.id} did not exit within {timeout}s")
+            time.sleep(0.1)
+            if not self._state.adding:
+                # Not ours to watch (queued, or another machine's): the row tells when it ends.
+                self.refresh_from_db(fields=["status", "exit_code", "pid", "started_at", "os_start_time"])
 
     def kill(self, signal_num: int = 15) -> bool:
-        """Send `signal_num` to the process if it is provably ours; record its end if it went away."""
+        """Send `signal_num` to the process if it is provably ours; True if sent.
+
+        A process that is gone, or whose pid now names another process, is not signalled: its row
+        (if still running) is closed as poll() closes it, and the answer is False. A row of another
+        machine, or one that is not running, is left as it is (False).
+        """
+        if self.status != ProcessStatus.RUNNING or not self._is_local():
+            return False
         pid, start, cmd, tolerance, marker = self._proven_args()
-        if pid is None or start is None or not self._is_local():
-            return False
-        sent = process_utils.send_signal(pid, start, cmd, signal_num, tolerance, marker=marker)
-        if not sent:
-            return False
-        self._settle(timeout=1.0, fallback_code=128 + int(signal_num))
-        return True
+        if pid is not None and start is not None:
+            if process_utils.send_signal(pid, start, cmd, signal_num, tolerance, marker=marker):
+                self._settle(timeout=1.0, fallback_code=128 + int(signal_num))
+                return True
+        self.poll()
+        return False
 
     def _settle(self, timeout: float, fallback_code: int | None) -> None:
         """After a signal: wait briefly for the end and record it (the true code for our children)."""
@@ -489,16 +629,52 @@ class ProcessMixin(ProcessFilesMixin):
 
     def kill_tree(self, graceful_timeout: float = 2.0) -> int:
         """End the process and every OS descendant (also setsid'd ones); return how many died."""
-        pid, start, cmd, tolerance, marker = self._proven_args()
-        if pid is None or start is None or not self._is_local():
+        if not self._is_local():
             return 0
-        killed = process_utils.kill_tree(
-            pid, start, cmd, marker, graceful_timeout=graceful_timeout, tolerance=tolerance
-        )
-        if self.status == ProcessStatus.RUNNING and not self.is_running:
-            code = process_utils.reap(pid, start, marker=marker, tolerance=tolerance)
-            self._finish(code if code is not None else 137)
+        pid, start, cmd, tolerance, marker = self._proven_args()
+        killed = 0
+        if pid is not None and start is not None:
+            killed = process_utils.kill_tree(
+                pid, start, cmd, marker, graceful_timeout=graceful_timeout, tolerance=tolerance
+            )
+        if self.status == ProcessStatus.RUNNING:
+            self.poll()  # the true code for our child; else recorded as unknown
         return killed
+
+    # -- the original's scheduler helpers -----------------------------------------------------------
+
+    def mark_running(
+        self,
+        *,
+        process_type: str | None = None,
+        pwd: str | os.PathLike | None = None,
+        url: str | None = None,
+        worker_type: str = "",
+        timeout: int | None = None,
+    ) -> None:
+        """Mark the row RUNNING (not due: retry_at cleared); the given details are written if they changed."""
+        self.status = ProcessStatus.RUNNING
+        self.retry_at = None
+        fields = ["status", "retry_at", "modified_at"]
+        changes = {"process_type": process_type, "url": url, "timeout": timeout}
+        changes["pwd"] = os.fspath(pwd) if pwd is not None else None
+        changes["worker_type"] = worker_type or None
+        for name, value in changes.items():
+            if value is not None and getattr(self, name) != value:
+                setattr(self, name, value)
+                fields.append(name)
+        self.save(update_fields=fields)
+
+    def heartbeat(self) -> None:
+        """Bump modified_at: this row's owner is still alive."""
+        self.save(update_fields=["modified_at"])
+
+    def mark_exited(self, *, exit_code: int = 0) -> None:
+        """Close the row with `exit_code` (through the one close path); nothing to do if it already has it."""
+        if self.status == ProcessStatus.EXITED and exit_code is not None:
+            if self.exit_code == recorded_exit(exit_code)[0]:
+                return
+        self._finish(exit_code)
 
     def kill_children_db(self) -> int:
         """Terminate the running DB children (parent FK) of this row; return how many were stopped."""
@@ -536,6 +712,7 @@ class ProcessMixin(ProcessFilesMixin):
     def _stale_ids(cls, rows: Iterable[tuple], now: datetime) -> tuple[list, dict]:
         """Ids of RUNNING rows that are not provably alive or are past their limits; plus exit codes."""
         live_pids = set(psutil.pids())
+        launched_here = process_utils.launched_pids()
         window_start = now - cls.pid_reuse_window
         stale, codes = [], {}
         for pk, pid, started_at, os_start, cmd, timeout, process_type, marker in rows:
@@ -550,8 +727,10 @@ class ProcessMixin(ProcessFilesMixin):
             # so only live ones, possibly our zombies, cost a look into /proc.)
             if pid in live_pids:
                 code = process_utils.reap(pid, start, marker=marker or None, tolerance=tolerance)
-            else:
+            elif pid in launched_here:  # (asking only about our own children keeps 10k rows cheap)
                 code = process_utils.known_exit_code(pid, start, marker=marker or None, tolerance=tolerance)
+            else:
+                code = None
             if code is not None:
                 stale.append(pk)
                 codes[pk] = code
@@ -584,36 +763,46 @@ class ProcessMixin(ProcessFilesMixin):
         stale, codes = cls._stale_ids(rows.iterator(chunk_size=2000), now)
         if not stale:
             return 0
-        manager = cls._default_manager
+        queryset = cls._default_manager.get_queryset()
         closed = 0
         with transaction.atomic():
-            for pk, code in codes.items():
-                closed += manager.filter(pk=pk, status=ProcessStatus.RUNNING).update(
-                    status=ProcessStatus.EXITED,
-                    exit_code=exit_code_from_status(code),
-                    ended_at=now,
-                    retry_at=None,
-                    modified_at=now,
-                )
-            closed += manager.get_queryset().close_ids([pk for pk in stale if pk not in codes])
+            for pk, code in codes.items():  # our own children: their true exit codes
+                closed += queryset.close_ids([pk], exit_code=code)
+            closed += queryset.close_ids([pk for pk in stale if pk not in codes])
         return closed
 
     @classmethod
-    def cleanup_orphaned_workers(cls, machine=None) -> int:
-        """Terminate running worker rows whose parent row is no longer running; return how many."""
-        machine = cls._default_machine(machine)
-        orphans = (
+    def cleanup_orphaned_workers(cls) -> int:
+        """Close this machine's running worker and hook rows that nothing keeps alive; return how many.
+
+        For each RUNNING worker/hook row of this machine: a process that is no longer running is
+        closed (as poll() closes it); a row that is its own root is a standalone run and stays; a
+        row whose root is a running orchestrator/server/update/add/search/cli process stays; any
+        other row (its root gone, or a root of another type) is closed in the database, with its
+        recorded exit code or, unknown, 137 and a note. Nothing is signalled. Rows of other machines
+        are left to their own hosts: the liveness of their pids cannot be judged here.
+        """
+        machine = cls._default_machine()
+        rows = (
             cls._default_manager.running()
             .on_machine(machine)
-            .of_type(ProcessType.WORKER)
-            .filter(parent__isnull=False)
-            .exclude(parent__status=ProcessStatus.RUNNING)
+            .filter(process_type__in=[ProcessType.WORKER, ProcessType.HOOK])
+            .order_by("created_at")
         )
-        stopped = 0
-        for worker in orphans:
-            if worker.terminate():
-                stopped += 1
-        return stopped
+        closed = 0
+        for process in list(rows):  # (few rows; and each may be written while we go)
+            if not process.is_running:
+                if process.poll() is not None:
+                    closed += 1
+                continue
+            root = process.root
+            if root.pk == process.pk:
+                continue  # a worker or hook started on its own
+            if root.process_type in COMMAND_ROOT_TYPES and root.is_running:
+                continue
+            process._finish(process.exit_code)
+            closed += 1
+        return closed
 
     @classmethod
     def cleanup_orphaned_chrome(
@@ -680,8 +869,11 @@ class ProcessMixin(ProcessFilesMixin):
         return data
 
     @classmethod
-    def from_json(cls, record: dict[str, Any], overrides: dict[str, Any] | None = None):
-        """The row named by record["id"] if it exists, else a new queued row from the record; None if invalid."""
+    def queue_from_json(cls, record: dict[str, Any], overrides: dict[str, Any] | None = None):
+        """The row named by record["id"] if it exists, else a new queued row from the record; None if invalid.
+
+        (`Process.from_json()` only ever returns an existing row, as the original's does.)
+        """
         if not isinstance(record, dict):
             return None
         record = {**record, **(overrides or {})}
@@ -715,7 +907,7 @@ class ProcessMixin(ProcessFilesMixin):
             "timeout": timeout,
             "process_type": process_type,
             "worker_type": str(record.get("worker_type") or ""),
-            "url": str(record.get("url") or ""),
+            "url": str(record.get("url") or "") or None,
             "status": ProcessStatus.QUEUED,
             "retry_at": timezone.now(),
         }
@@ -735,14 +927,22 @@ class ProcessMixin(ProcessFilesMixin):
 
     @property
     def plugin(self) -> str:
+        """The plugin of the downstream ArchiveResult this process ran for, else ''."""
         result = self._archiveresult()
         return str(getattr(result, "plugin", "") or "") if result is not None else ""
 
     @property
     def hook_name(self) -> str:
+        """The hook name of the downstream ArchiveResult this process ran for, else '' (see hook_script_name)."""
         result = self._archiveresult()
-        if result is not None and getattr(result, "hook_name", ""):
-            return str(result.hook_name)
-        if self.process_type == ProcessType.HOOK:
-            return self.hook_script_name or ""
-        return ""
+        return str(getattr(result, "hook_name", "") or "") if result is not None else ""
+
+    @property
+    def cmd_version(self) -> str:
+        """The version of the linked Binary, else ''."""
+        return self.binary.version if self.binary_id else ""
+
+    @property
+    def bin_abspath(self) -> str:
+        """The abspath of the linked Binary, else ''."""
+        return self.binary.abspath if self.binary_id else ""

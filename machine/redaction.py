@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 REDACTED = "********"
 SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "COOKIE")
@@ -45,3 +46,21 @@ def redact_cmd(cmd: object) -> list[str]:
         else:
             shown.append(arg)
     return shown
+
+
+def redact_nested(value: Any) -> tuple[Any, bool]:
+    """`value` with the values of secret-looking keys redacted at any depth, and whether any was."""
+    if isinstance(value, Mapping):
+        found = False
+        clean = {}
+        for key, item in value.items():
+            if is_secret_key(key) and item not in (None, ""):
+                clean[key], found = REDACTED, True
+            else:
+                clean[key], inner = redact_nested(item)
+                found = found or inner
+        return clean, found
+    if isinstance(value, list):
+        items = [redact_nested(item) for item in value]
+        return [item for item, _ in items], any(found for _, found in items)
+    return value, False

@@ -14,6 +14,7 @@ from machine.binaries import RETRY_DELAY
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.models import Binary, Machine, NetworkInterface, Process
 from tests.admin.rows import PLAIN_ENV, SECRET_ENV, SECRET_VALUES, os_process_gone
+from tests.machine_factories import make_machine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -225,12 +226,16 @@ def test_machine_changelist_counts_binaries_and_running_processes(admin_client, 
     assert running in html
 
 
-def test_machine_page_shows_facts_interfaces_and_saves_a_valid_config(admin_client, machine, rows, tmp_path):
+def test_machine_page_shows_facts_interfaces_and_saves_a_valid_config(
+    admin_client, machine, rows, tmp_path, settings
+):
     html = admin_client.get(change(machine)).content.decode()
     assert machine.os_platform in html and machine.guid in html
     assert "10.1.2.3" in html and "Example Transit" in html  # the interfaces inline
 
-    tool = tmp_path / "wget"
+    settings.MACHINE_LIB_DIR = tmp_path / "lib"
+    tool = tmp_path / "lib" / "wget"
+    tool.parent.mkdir()
     tool.write_text("#!/bin/sh\n")
     response = admin_client.post(
         change(machine),
@@ -246,14 +251,14 @@ def test_machine_page_shows_facts_interfaces_and_saves_a_valid_config(admin_clie
     )
     assert response.status_code == 302, response.content.decode()[:3000]
     machine.refresh_from_db()
-    assert machine.config == {"WGET_BINARY": str(tool), "CURL_BINARY": "curl"}
+    assert machine.config == {"WGET_BINARY": f"  {tool}  ", "CURL_BINARY": "curl"}  # kept as typed
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ('{"SECRET_THING": "x"}', "SECRET_THING: only *_BINARY keys"),
-        ('{"WGET_BINARY": "/no/such/wget"}', "WGET_BINARY: the value is blank, or is a path"),
+        ('{"WGET_BINARY": "/no/such/wget"}', "WGET_BINARY: the value is blank, or a path that does not"),
+        ('{"WGET_BINARY": "/bin/sh"}', "lies outside the lib dir"),
         ('{"WGET_BINARY": "   "}', "WGET_BINARY: the value is blank"),
         ('["WGET_BINARY"]', "The config must be a JSON object"),
     ],
@@ -378,7 +383,7 @@ def test_terminate_refuses_a_pid_that_is_not_provably_ours(admin_client, machine
         started_at=timezone.now() - timedelta(hours=1),
         status=ProcessStatus.RUNNING,
     )
-    other_machine = Machine.objects.create(guid="other-host-guid", hostname="elsewhere")
+    other_machine = make_machine("other-host-guid", hostname="elsewhere")
     remote = Process.objects.create(
         machine=other_machine,
         cmd=["sleep", "120"],

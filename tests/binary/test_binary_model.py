@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -65,14 +66,25 @@ def test_from_json_hook_output_fills_the_queued_request_row():
     assert Binary.objects.count() == 1
 
 
-@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "x\\y", "nul\0"])
-def test_from_json_refuses_names_that_are_paths_and_overlong_paths(name):
+@pytest.mark.parametrize("name", ["..", ".", "x\\y", "nul\0", "/", ""])
+def test_from_json_refuses_names_that_are_not_one_file_name_and_overlong_paths(name):
     assert Binary.from_json({"name": "ok", "abspath": "/x" * 200, "version": "1"}) is None
     assert Binary.from_json({"name": name, "binproviders": "env"}) is None
     assert Binary.from_json({"name": name, "abspath": "/bin/sh", "version": "1"}) is None
     with pytest.raises(ValueError, match="invalid binary name"):
         Binary.objects.get_from_db_or_cache(name)
     assert Binary.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [("../../etc", "etc"), ("a/b", "b"), ("/tmp/old-lib/pip/venv/bin/trafilatura", "trafilatura")],
+)
+def test_from_json_reduces_a_path_like_name_to_its_file_name(name, canonical):
+    assert Binary.from_json({"name": name, "binproviders": "env"}).name == canonical
+    with pytest.raises(ValueError, match="invalid binary name"):
+        Binary.objects.get_from_db_or_cache(name)  # the manager takes names as they are
+    assert list(Binary.objects.values_list("name", flat=True)) == [canonical]
 
 
 @pytest.mark.parametrize(
@@ -83,14 +95,15 @@ def test_from_json_without_a_usable_request_returns_none_and_writes_nothing(reco
     assert Binary.objects.count() == 0
 
 
-def test_repeated_request_reuses_the_row_and_an_installed_row_stays_installed():
+def test_repeated_request_reuses_the_row_and_an_installed_row_is_queued_again():
     first = Binary.from_json({"name": "git", "binproviders": "env"})
     again = Binary.from_json({"name": "git", "binproviders": "env"})
     assert again.pk == first.pk
     Binary.from_json({"name": "git", "abspath": "/usr/bin/git", "version": "2.39"})
+    # A request for an installed binary queues it again, due now, keeping its facts until a run.
     same = Binary.from_json({"name": "git", "binproviders": "env"})
-    assert same.pk == first.pk and same.status == "installed"
-    # A different request for an installed binary queues it again.
+    assert (same.pk, same.status, same.abspath, same.version) == (first.pk, "queued", "/usr/bin/git", "2.39")
+    assert same.retry_at <= timezone.now()
     changed = Binary.from_json({"name": "git", "binproviders": "env,apt"})
     assert (changed.pk, changed.status, changed.binproviders) == (first.pk, "queued", "env,apt")
     assert Binary.objects.count() == 1
@@ -125,7 +138,14 @@ def test_update_and_requeue_sets_fields_bumps_modified_at_and_saves():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("env", {"env"}), ("env, pip,,npm", {"env", "pip", "npm"}), ("", None), ("*", None), ("pip,*", None)],
+    [
+        ("env", {"env"}),
+        ("env, pip,,npm", {"env", "pip", "npm"}),
+        ("", None),
+        ("*", None),
+        (" * ", None),
+        ("pip,*", {"pip", "*"}),  # only exactly "*" means any provider
+    ],
 )
 def test_allowed_binproviders(value, expected):
     assert Binary(name="x", binproviders=value)._allowed_binproviders() == expected
@@ -138,21 +158,22 @@ def test_output_dir_is_under_the_data_dir(data_dir):
     )
 
 
-def test_get_from_db_or_cache_serves_the_cached_row_until_it_is_deleted_or_differs():
+def test_get_from_db_or_cache_serves_the_fresh_cached_row_until_it_is_deleted():
     first = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.39")
     assert first.status == "installed"
     assert mm._CURRENT_BINARIES["git"] is first
     assert Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.39") is first
+    # A fresh cached row is served whatever the other arguments say (the original's rule).
+    assert Binary.objects.get_from_db_or_cache("git", abspath="/opt/git", version="9") is first
     Binary.objects.filter(pk=first.pk).delete()
-    recreated = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.39")
-    assert recreated.pk != first.pk and Binary.objects.filter(pk=recreated.pk).exists()
-    other = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.40")
-    assert other.pk != recreated.pk and other.version == "2.40"
+    recreated = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.40")
+    assert recreated.pk != first.pk and recreated.version == "2.40"
+    assert Binary.objects.filter(pk=recreated.pk).exists()
     # An expired cache entry is looked up again (and found, not duplicated).
-    Binary.objects.filter(pk=other.pk).update(modified_at=timezone.now() - timedelta(hours=1))
+    Binary.objects.filter(pk=recreated.pk).update(modified_at=timezone.now() - timedelta(hours=1))
     mm._CURRENT_BINARIES["git"].modified_at = timezone.now() - timedelta(hours=1)
     again = Binary.objects.get_from_db_or_cache("git", abspath="/usr/bin/git", version="2.40")
-    assert again.pk == other.pk and again is not other
+    assert again.pk == recreated.pk and again is not recreated
 
 
 def test_get_valid_binary_is_the_newest_row_with_an_abspath():
@@ -195,23 +216,38 @@ def test_retry_now_makes_a_backing_off_row_due():
 # -- lib/bin links ---------------------------------------------------------------------------------
 
 
-def test_symlink_to_lib_bin_links_the_abspath(tmp_path):
+def test_symlink_to_lib_bin_links_the_real_file(tmp_path):
     binary = Binary(name="mygit", abspath="/usr/bin/git")
     link = binary.symlink_to_lib_bin(tmp_path / "bin")
     assert link == tmp_path / "bin" / "mygit"
-    assert os.readlink(link) == "/usr/bin/git"
-    # Relinking to another target replaces the link.
+    assert os.readlink(link) == os.path.realpath("/usr/bin/git")
+    # Relinking to another target replaces the link (pointing at the real file behind /bin/sh).
     binary.abspath = "/bin/sh"
     assert binary.symlink_to_lib_bin(tmp_path / "bin") == link
-    assert os.readlink(link) == "/bin/sh"
+    assert os.readlink(link) == os.path.realpath("/bin/sh")
+    # A link that is already right is kept as it is.
+    inode = os.lstat(link).st_ino
+    assert binary.symlink_to_lib_bin(tmp_path / "bin") == link and os.lstat(link).st_ino == inode
 
 
-@pytest.mark.parametrize("name", ["../escape", "/tmp/abs-escape", "..", ".", "a/b", "", "nul\0name"])
-def test_symlink_to_lib_bin_refuses_names_that_leave_the_bin_dir(tmp_path, name):
+@pytest.mark.parametrize(
+    ("name", "link_name"),
+    [("../escape", "escape"), ("/tmp/abs-escape", "abs-escape"), ("a/b", "b"), ("", "git")],
+)
+def test_symlink_to_lib_bin_names_the_link_after_the_canonical_name(tmp_path, name, link_name):
+    bin_dir = tmp_path / "lib" / "bin"
+    link = Binary(name=name, abspath="/usr/bin/git").symlink_to_lib_bin(bin_dir)
+    if not name:
+        link_name = Path(os.path.realpath("/usr/bin/git")).name  # no name: the target's file name
+    assert link == bin_dir / link_name and link.is_symlink()
+    assert [p for p in tmp_path.rglob("*") if p.is_symlink()] == [link]  # never outside the bin dir
+    assert not os.path.lexists("/tmp/abs-escape")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "nul\0name"])
+def test_symlink_to_lib_bin_refuses_names_that_are_not_a_file_name(tmp_path, name):
     bin_dir = tmp_path / "lib" / "bin"
     assert Binary(name=name, abspath="/usr/bin/git").symlink_to_lib_bin(bin_dir) is None
-    assert not (tmp_path / "lib" / "escape").exists()
-    assert not os.path.lexists("/tmp/abs-escape")
     assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
 
 

@@ -95,7 +95,10 @@ def test_dispatch_sends_records_by_type_and_skips_unknown_or_rejected_ones():
             {"type": "Unknown", "name": "x"},
             {"type": "Binary", "name": "jq", "abspath": "/usr/bin/jq", "version": "1.6"},
             {"type": "BinaryRequest", "name": "cowsay", "binproviders": "pip"},
-            {"type": "Machine", "config": {"GIT_BINARY": "/usr/bin/git", "NOT_ALLOWED": "x"}},
+            {
+                "type": "Machine",
+                "config": {"GIT_BINARY": "git", "WGET_BINARY": "/usr/bin/wget", "EXTRA": "x"},
+            },
             {"type": "Binary"},  # no name: rejected quietly
             "not a record",
         ]
@@ -103,7 +106,8 @@ def test_dispatch_sends_records_by_type_and_skips_unknown_or_rejected_ones():
     assert [type(r).__name__ for r in results] == ["Binary", "Binary", "Machine"]
     assert Binary.objects.get(name="jq").status == "installed"
     assert Binary.objects.get(name="cowsay").status == "queued"
-    assert json.dumps(Machine.current().config) == json.dumps({"GIT_BINARY": "/usr/bin/git"})
+    # A path outside the lib dir is not kept (Machine.current() would drop it); other keys are.
+    assert json.dumps(Machine.current().config) == json.dumps({"GIT_BINARY": "git", "EXTRA": "x"})
 
 
 def test_binary_cleanup_stops_its_running_background_hooks(make_hook, lib_dir):

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from machine.models import Binary, Machine
+from tests.machine_factories import make_machine
 
 from .conftest import ROOT
 
@@ -48,7 +49,7 @@ def test_final_and_future_rows_are_not_due():
 @pytest.mark.django_db
 def test_claim_batch_takes_oldest_first_and_respects_limit_and_filter():
     ids = _queue(5)
-    other = Machine.objects.create(guid="other-host")
+    other = make_machine("other-host")
     Binary.objects.create(machine=other, name="elsewhere", retry_at=timezone.now() - timedelta(hours=1))
     from django.db.models import Q
 

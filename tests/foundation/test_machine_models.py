@@ -83,8 +83,11 @@ def test_patched_detection_is_used_by_name(monkeypatch):
 
 
 def test_sanitize_machine_config_rules(tmp_path):
-    existing = tmp_path / "wget"
+    existing = tmp_path / "lib" / "wget"
+    existing.parent.mkdir()
     existing.write_text("")
+    outside = tmp_path / "curl"
+    outside.write_text("")
     config = {
         "WGET_BINARY": str(existing),
         "CURL_BINARY": "/definitely/not/here/curl",
@@ -96,22 +99,40 @@ def test_sanitize_machine_config_rules(tmp_path):
         "TIMEOUT": 60,
         3: "x",
     }
-    assert _sanitize_machine_config(config) == {
+    kept = {
         "WGET_BINARY": str(existing),
         "NODE_BINARY": "node",
+        "CHROME_BINARY": None,  # not a str: not examined
         "ABX_INSTALL_CACHE": {"wget": "2024-01-01"},
+        "SECRET_KEY": "hunter2",
+        "TIMEOUT": 60,
+        3: "x",
     }
+    assert _sanitize_machine_config(config) == kept
+    assert _sanitize_machine_config({**config, "CURL_BINARY": str(outside)}) == {
+        **kept,
+        "CURL_BINARY": str(outside),
+    }
+    # With a lib dir, a path outside it is dropped too; a path inside it and command names stay.
+    with_lib = _sanitize_machine_config({**config, "CURL_BINARY": str(outside)}, lib_dir=tmp_path / "lib")
+    assert with_lib == kept
+    assert config["YTDLP_BINARY"] == "   "  # the input is not changed
     for junk in (None, [], "WGET_BINARY=/bin/sh", 42):
         assert _sanitize_machine_config(junk) == {}
 
 
 @pytest.mark.django_db
-def test_sanitize_config_persists_only_when_changed():
+def test_sanitize_config_persists_only_when_changed(django_assert_num_queries):
     machine = Machine.current()
     Machine.objects.filter(pk=machine.pk).update(config={"WGET_BINARY": "wget", "API_TOKEN": "abc"})
     machine.refresh_from_db()
-    Machine._sanitize_config(machine)
-    assert Machine.objects.get(pk=machine.pk).config == {"WGET_BINARY": "wget"}
+    with django_assert_num_queries(0):
+        Machine._sanitize_config(machine)
+    Machine.objects.filter(pk=machine.pk).update(config={"WGET_BINARY": "/no/such/wget", "API_TOKEN": "abc"})
+    machine.refresh_from_db()
+    with django_assert_num_queries(1):
+        Machine._sanitize_config(machine)
+    assert Machine.objects.get(pk=machine.pk).config == {"API_TOKEN": "abc"} == machine.config
 
 
 @pytest.mark.django_db
@@ -122,9 +143,11 @@ def test_to_json_and_from_json():
     assert "schema_version" in record
     json.dumps(record)
     updated = Machine.from_json({"type": "Machine", "config": {"GIT_BINARY": "git", "PASSWORD": "x"}})
-    assert updated.pk == machine.pk and updated.config == {"GIT_BINARY": "git"}
-    assert Machine.objects.get(pk=machine.pk).config == {"GIT_BINARY": "git"}
+    assert updated.pk == machine.pk and updated.config == {"GIT_BINARY": "git", "PASSWORD": "x"}
+    assert Machine.objects.get(pk=machine.pk).config == {"GIT_BINARY": "git", "PASSWORD": "x"}
+    assert updated.to_json()["config"] == {"GIT_BINARY": "git", "PASSWORD": "********"}
     assert Machine.from_json({"type": "Machine"}) is None
+    assert Machine.from_json({"type": "Machine", "config": {"YTDLP_BINARY": "/no/such/yt-dlp"}}) is None
     assert Machine.from_json("not a dict") is None
 
 
@@ -176,14 +199,22 @@ def test_interface_recheck_after_interval(monkeypatch):
 
 @pytest.mark.django_db
 def test_interface_lookups_follow_the_setting(monkeypatch, settings):
-    seen = []
-    monkeypatch.setattr(mm, "get_host_network", lambda **kw: seen.append(kw) or _fake_network()())
-    settings.MACHINE_PUBLIC_IP_LOOKUP = False
+    calls = []
+    monkeypatch.setattr(
+        mm, "get_host_network", lambda *args, **kw: calls.append((args, kw)) or _fake_network()()
+    )
     NetworkInterface.current()
+    assert calls == [((), {})]  # no arguments: the detection reads its options itself
+    seen = []
+    monkeypatch.setattr(detect, "_public_lookup", lambda deadline: seen.append(deadline) or {})
+    settings.MACHINE_PUBLIC_IP_LOOKUP = False
+    detect.get_host_network()
+    assert seen == []
     settings.MACHINE_PUBLIC_IP_LOOKUP = True
-    NetworkInterface.current(refresh=True)
-    assert [kw["public_lookups"] for kw in seen] == [False, True]
-    assert all(kw["timeout"] <= 2.0 for kw in seen)
+    settings.MACHINE_DETECT_TIMEOUT = 1.5
+    assert detect._lookup_options() == (True, 1.5)
+    detect.get_host_network()
+    assert len(seen) == 1
 
 
 @pytest.mark.django_db

@@ -18,6 +18,7 @@ import machine.models as mm
 from machine.choices import ProcessStatus, ProcessType
 from machine.models import Binary, Machine, Process, ProcessMachine
 from machine.processes import exit_code_from_status
+from tests.machine_factories import make_machine
 
 from .conftest import wait_gone
 
@@ -37,9 +38,13 @@ def test_fields_indexes_and_choices():
     indexes = {tuple(index.fields) for index in Process._meta.indexes}
     assert {("machine", "status", "retry_at"), ("binary", "exit_code")} <= indexes
     assert Process._meta.get_field("timeout").default == 120
+    assert Process._meta.get_field("process_type").default == "cli"
     assert Process._meta.get_field("machine").remote_field.related_name == "process_set"
+    assert Process._meta.get_field("iface").remote_field.related_name == "process_set"
     assert set(ProcessStatus.values) == {"queued", "running", "exited"}
-    assert set(ProcessType.values) == {"supervisord", "orchestrator", "worker", "cli", "hook", "binary"}
+    assert ProcessType.values == [
+        "supervisord", "orchestrator", "server", "update", "add", "search", "worker", "cli", "hook", "binary",
+    ]  # fmt: skip
     assert (Process.INITIAL_STATE, Process.ACTIVE_STATE, Process.FINAL_STATES) == (
         "queued",
         "running",
@@ -92,7 +97,9 @@ def test_get_by_pid_rejects_unknown_dead_and_out_of_window_rows(popen):
         (["/usr/bin/supervisord", "-c", "x.conf"], "supervisord"),
         (["archivebox", "manage", "runner_watch", "--pidfile=x"], "worker"),
         (["archivebox", "run"], "orchestrator"),
-        (["/usr/local/bin/archivebox", "add", "https://example.com"], "cli"),
+        (["/usr/local/bin/archivebox", "add", "https://example.com"], "add"),
+        (["/usr/local/bin/archivebox", "add", "--bg", "https://example.com"], "cli"),
+        (["/usr/bin/python3", "/usr/bin/supervisord", "--configuration=/x.conf"], "supervisord"),
         (["python", "manage.py", "runworker", "--worker"], "worker"),
         (["python", "manage.py", "run", "--", "ls"], "cli"),
         (["/usr/bin/wget", "https://example.com"], "binary"),
@@ -149,8 +156,9 @@ def test_hierarchy_helpers():
     assert grandchild.root == root and root.root == root
     assert grandchild.ancestors == [child, root] and root.ancestors == []
     assert (root.depth, child.depth, grandchild.depth) == (0, 1, 2)
-    assert root.get_descendants() == [child, sibling, grandchild]
-    assert child.get_descendants(include_self=True) == [child, grandchild]
+    assert list(root.get_descendants()) == [child, grandchild, sibling]  # a QuerySet, oldest first
+    assert list(child.get_descendants(include_self=True)) == [child, grandchild]
+    assert list(grandchild.get_descendants()) == []
     assert list(root.children.order_by("created_at")) == [child, sibling]
 
 
@@ -168,7 +176,7 @@ def test_runtime_files_of_plain_and_hook_processes(make_process, workdir):
     )
     assert hook.hook_script_name == "on_Snapshot__50_wget.py"
     assert hook.runtime_dir == workdir / ".hooks" / "on_Snapshot__50_wget.py"
-    assert hook.hook_name == "on_Snapshot__50_wget.py" and hook.plugin == ""
+    assert hook.hook_name == "" and hook.plugin == ""  # no downstream ArchiveResult
     assert plain.hook_script_name is None and plain.hook_name == ""
     hook.ensure_log_files()
     assert hook.stdout_file.exists() and hook.stderr_file.exists()
@@ -285,7 +293,8 @@ def test_kill_children_db(make_process):
 def test_memory_cpu_and_children_of_a_live_process(make_process):
     process = make_process(["sleep", "30"])
     process.launch(background=True)
-    assert process.get_memory_info().rss > 0
+    memory = process.get_memory_info()
+    assert set(memory) == {"rss", "vms"} and memory["rss"] > 0
     assert process.get_cpu_percent() is not None
     assert process.get_children_pids() == []
     process.kill()
@@ -305,7 +314,7 @@ def test_running_queries_and_stop_all(make_process):
     assert set(Process.get_running(ProcessType.WORKER)) == set(workers)
     assert Process.get_running_count() == 3
     assert Process.get_next_worker_id() == 2
-    assert Process.get_running_count(machine=Machine.objects.create(guid="other-host")) == 0
+    assert Process.get_running_count(machine=make_machine("other-host")) == 0
     assert Process.stop_all(ProcessType.WORKER) == 2
     assert Process.get_running_count(ProcessType.WORKER) == 0 and hook.is_running
     assert Process.stop_all(graceful=False) == 1
@@ -369,10 +378,12 @@ def test_to_json_and_from_json(make_process, workdir):
     json.dumps(data)
     assert Process.from_json(data) == process  # known id: the existing row
     record = {"cmd": ["echo", "y"], "pwd": str(workdir), "timeout": 5, "process_type": "hook"}
-    new = Process.from_json(record, overrides={"url": "https://example.org"})
+    assert Process.from_json(record) is None  # from_json never creates
+    new = Process.queue_from_json(record, overrides={"url": "https://example.org"})
     assert (new.status, new.cmd, new.timeout, new.url, new.process_type) == (
         "queued", ["echo", "y"], 5, "https://example.org", "hook",
     )  # fmt: skip
+    assert Process.queue_from_json({"id": str(new.id)}) == new
     for bad in (
         "x",
         {},
@@ -381,6 +392,7 @@ def test_to_json_and_from_json(make_process, workdir):
         {"cmd": ["x"], "timeout": -1},
         {"id": "not-a-uuid"},
     ):
+        assert Process.queue_from_json(bad) is None
         assert Process.from_json(bad) is None
     assert Process.objects.count() == 2
 
@@ -394,18 +406,22 @@ def test_update_and_requeue_is_guarded(make_process):
     assert Process.objects.get(pk=process.pk).url == "https://a.example"
 
 
-def test_hydrate_binary_from_context(make_process):
+def test_hydrate_binary_from_context(make_process, django_assert_num_queries):
     machine = Machine.current()
     wget = Binary.objects.create(machine=machine, name="wget", abspath="/usr/bin/wget", version="1.21")
+    curl = Binary.objects.create(machine=machine, name="curl", abspath="/usr/bin/curl", version="8")
     process = make_process(["x"], env={"WGET_BINARY": "/usr/bin/wget"})
     process.save()
     assert (
         process.hydrate_binary_from_context(plugin_name="wget", hook_path="/p/wget/on_Snapshot__50_wget.py")
         == wget
     )
-    assert Process.objects.get(pk=process.pk).binary == wget
-    nothing = make_process(["x"], env={"WGET_BINARY": "/opt/unknown/curl"})
-    assert nothing.hydrate_binary_from_context(plugin_name="wget") is None
+    assert process.binary == wget
+    assert Process.objects.get(pk=process.pk).binary is None  # in memory only: the caller saves
+    by_cmd = make_process(["/usr/bin/curl", "-s"], env={"WGET_BINARY": "/opt/unknown/wget9"})
+    assert by_cmd.hydrate_binary_from_context(plugin_name="wget") == curl  # cmd[0] as the last resort
+    nothing = make_process(["/opt/x/unknown"], env={"WGET_BINARY": "/opt/unknown/wget9"})
+    assert nothing.hydrate_binary_from_context(plugin_name="wget") is None and nothing.binary_id is None
 
 
 def test_process_machine_shape():

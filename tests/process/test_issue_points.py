@@ -20,7 +20,7 @@ from django.utils import timezone
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.models import Machine, Process
-from machine.processes import ProcessInputError
+from machine.processes import UNKNOWN_EXIT_NOTE, ProcessInputError
 
 from .conftest import needs_pid_control, wait_gone
 
@@ -279,7 +279,8 @@ def test_process_machine_closes_a_row_whose_foreign_process_is_gone(popen):
     row = Process.objects.get(pk=row.pk)
     row.sm.tick()
     row = Process.objects.get(pk=row.pk)
-    assert (row.status, row.exit_code) == (ProcessStatus.EXITED, None)  # unknown, not a guessed 0
+    assert (row.status, row.exit_code) == (ProcessStatus.EXITED, 137)  # unknown, not a guessed 0
+    assert row.stderr.endswith(UNKNOWN_EXIT_NOTE + "\n")
 
 
 def test_process_machine_kill_event_ends_the_tree(make_process):

@@ -7,6 +7,7 @@ from django.db import connection
 
 from machine.models import Binary, Machine, Process
 from tests.exampleapp.models import Effect, Task
+from tests.machine_factories import make_machine
 from tests.runner.factories import make_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +20,7 @@ def _postgresql_only():
 
 
 def test_each_runner_works_only_on_the_rows_of_its_own_machine(start_runner, tmp_path):
-    hosts = {guid: Machine.objects.create(guid=guid, hostname=guid) for guid in ("host-a", "host-b")}
+    hosts = {guid: make_machine(guid) for guid in ("host-a", "host-b")}
     for guid, machine in hosts.items():
         make_tasks(40, work_seconds=0.01, machine=machine, prefix=guid)
         Binary.objects.create(machine=machine, name="sh", binproviders="env")

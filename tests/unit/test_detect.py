@@ -390,7 +390,7 @@ def test_network_host_without_any_interface_uses_fallbacks(monkeypatch):
         "mac_address": "00:00:00:00:00:00",
         "ip_public": "",
         "ip_local": "127.0.0.1",
-        "dns_server": "",
+        "dns_server": "127.0.0.1",
         "hostname": socket.gethostname(),
         "iface": "",
         "isp": "",
@@ -448,6 +448,7 @@ def test_default_iface_without_route_table_uses_first_up_non_loopback(monkeypatc
             "127.0.0.53",
         ),
         ({"/etc/resolv.conf": "nameserver\n"}, ""),
+        ({"/etc/resolv.conf": "nameserver not-an-ip\nnameserver fe80::1%eth0\n"}, "fe80::1"),
         ({"/etc/resolv.conf": ""}, ""),
     ],
 )

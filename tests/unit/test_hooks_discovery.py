@@ -66,6 +66,10 @@ def test_is_background_hook():
     # Not a well-formed hook name: the ".bg." marker alone decides.
     assert is_background_hook("weird.bg.py")
     assert not is_background_hook("weird.py")
+    # The legacy stem of older hook names, in a well-formed name or not.
+    assert is_background_hook("on_Snapshot__21_consolelog__background.js")
+    assert is_background_hook("/x/y/on_Crawl__10_chrome_session__background.py")
+    assert not is_background_hook("/x/plugin__background/on_Snapshot__50_wget.py")
 
 
 def _touch(path: Path, text: str = "") -> Path:

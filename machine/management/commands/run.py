@@ -7,6 +7,7 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from machine.choices import ProcessType
 from machine.conf import machine_settings
 from machine.models import Process
 from machine.processes import ProcessInputError
@@ -30,7 +31,13 @@ class Command(BaseCommand):
         if not command:
             raise CommandError("nothing to run: use `manage.py run -- CMD ARGS...`")
         current = Process.current()
-        process = Process(machine=current.machine, parent=current, cmd=command, timeout=timeout)
+        process = Process(
+            machine=current.machine,
+            parent=current,
+            cmd=command,
+            timeout=timeout,
+            process_type=ProcessType.BINARY,
+        )
         # Logs, pid file and cmd.sh go to a directory of their own under DATA_DIR, not into the
         # directory the command runs in.
         process.pwd = str(machine_settings.data_dir / "processes" / str(process.id))
