@@ -26,7 +26,7 @@ from base_models.models import (
     get_or_create_system_user_pk,
 )
 from machine.conf import machine_settings
-from machine.models import Machine, Process
+from machine.models import Process
 from workers.models import BaseStateMachine, ModelWithStateMachine
 
 #: How soon a started row looks at its children again.
@@ -342,8 +342,8 @@ class ArchiveResultMachine(BaseStateMachine):
         if process is None or process.status == Process.StatusChoices.EXITED:
             # A new attempt: its own Process, queued for a worker to launch.
             result.output_dir.mkdir(parents=True, exist_ok=True)
-            process = Process.objects.create(
-                machine=Machine.current(),
+            process = Process.objects.create_for_archiveresult(
+                result,
                 cmd=result.command(),
                 pwd=str(result.output_dir),
                 process_type=Process.TypeChoices.HOOK,
