@@ -24,8 +24,8 @@ from hooks.dispatch import dispatch_record
 from machine import process_utils
 from machine.models import Binary, Machine, NetworkInterface, Process
 from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE
+from tests.archiver.models import ArchiveResult, Crawl, Snapshot
 from tests.compat.machine_helpers import alive, foreign_sleeper, launched, own_start, popen, reaped_identity
-from tests.exampleapp.models import ArchiveResult
 from tests.machine_factories import make_machine
 
 pytestmark = pytest.mark.django_db
@@ -223,8 +223,11 @@ def test_hook_name_and_plugin_come_from_the_archiveresult_only(launched):
     hook.save()
     assert (hook.hook_name, hook.plugin) == ("", "")
     assert hook.hook_script_name == "on_Snapshot__50_wget.py"
+    snapshot = Snapshot.objects.create(
+        crawl=Crawl.objects.create(urls="https://example.com"), url="https://example.com"
+    )
     ArchiveResult.objects.create(
-        url="https://example.com", plugin="wget", hook_name="on_Snapshot__50_wget.py", process=hook
+        snapshot=snapshot, plugin="wget", hook_name="on_Snapshot__50_wget.py", process=hook
     )
     hook = Process.objects.get(pk=hook.pk)
     assert (hook.hook_name, hook.plugin) == ("on_Snapshot__50_wget.py", "wget")
