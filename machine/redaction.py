@@ -96,6 +96,8 @@ SWITCH_FIRST_WORDS = frozenset({"NO", "ASK", "USE", "WITH", "WITHOUT", "PROMPT",
 USER_OPTIONS = ("-u", "-U", "--user", "--proxy-user", "--auth")
 #: Options whose value is an HTTP header.
 HEADER_OPTIONS = ("-H", "--header", "--proxy-header")
+#: Headers that carry credentials whatever their value looks like.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 #: Authorization schemes kept in front of the mask, so `Authorization: Bearer ********` stays readable.
 AUTH_SCHEMES = ("bearer", "basic", "token", "digest", "bot", "negotiate", "ntlm", "aws4-hmac-sha256")
 #: A user-only URL (`https://<token>@host`) is taken for a token from this length on.
@@ -114,6 +116,16 @@ def is_secret_key(name: object) -> bool:
         return True
     words = {word for word in _WORD_SPLIT.split(upper) if word}
     return bool(words & SECRET_KEY_WORDS)
+
+
+def _is_secret_header(name: str) -> bool:
+    """`Authorization`, `Cookie`, `X-Api-Key`: an HTTP header that carries a secret.
+
+    Only header-shaped names (one of the credential headers, or dashed words), so that free text
+    such as `KeyError: ...` or `GITHUB_TOKEN: set` is left to the value rule.
+    """
+    lower = name.lower()
+    return lower in SECRET_HEADERS or ("-" in name and "_" not in name and is_secret_key(name))
 
 
 def _option_takes_secret(option: str) -> bool:
@@ -236,7 +248,7 @@ def _mask_positions(text: str, found: _Found) -> str:
 
     def header(match: re.Match) -> str:
         value = match["value"]
-        if not is_secret_key(match["name"]) or _is_masked(value) or value.startswith(MASK):
+        if not _is_secret_header(match["name"]) or _is_masked(value) or value.startswith(MASK):
             return match[0]
         return f"{match['name']}{match['sep']}{_masked_header_value(value, found)}"
 

@@ -116,18 +116,23 @@ def _contains_mask(value: Any) -> bool:
     return False
 
 
-def _resolve(process) -> tuple[list[str], dict[str, Any], list[str]]:
-    """(argv, env, unresolved): the row's real values, masked ones restored from the seal.
+def _resolve(process) -> tuple[list[str], dict[str, Any], list[str], str]:
+    """(argv, env, unresolved, why): the row's real values, masked ones restored from the seal.
 
     An in-memory value that still holds the mask is the stored form of a sealed one and is
     replaced by it; any other value is the caller's (possibly changed since it was loaded). What
-    holds the mask and cannot be restored is listed in `unresolved`.
+    holds the mask and cannot be restored is listed in `unresolved`, and `why` says why.
     """
     argv = [str(arg) for arg in (process.cmd or [])]
     env = dict(process.env or {})
     if not _contains_mask(argv) and not _contains_mask(env):
-        return argv, env, []
-    payload = _payload(process) or {}
+        return argv, env, [], ""
+    why = "there is no sealed value (already wiped by an earlier launch, or never sealed)"
+    try:
+        payload = _payload(process) or {}
+    except SealedSecretError:
+        payload = {}
+        why = "it was sealed under another key (it opens with neither SECRET_KEY nor SECRET_KEY_FALLBACKS)"
     sealed_argv = payload.get("argv") if isinstance(payload.get("argv"), list) else None
     sealed_env = payload.get("env") if isinstance(payload.get("env"), dict) else {}
     unresolved: list[str] = []
@@ -143,7 +148,7 @@ def _resolve(process) -> tuple[list[str], dict[str, Any], list[str]]:
                 env[key] = sealed_env[key]
             else:
                 unresolved.append(f"env {key}")
-    return argv, env, unresolved
+    return argv, env, unresolved, why
 
 
 def unseal_for_launch(process) -> tuple[list[str], dict[str, Any]]:
@@ -153,12 +158,11 @@ def unseal_for_launch(process) -> tuple[list[str], dict[str, Any]]:
     ValueError: the launch is refused and the row ends with the reason) when a masked value cannot
     be restored: the child would otherwise run with the mask, or with this worker's own value.
     """
-    argv, env, unresolved = _resolve(process)
+    argv, env, unresolved, why = _resolve(process)
     if unresolved:
         raise SealedSecretError(
-            f"the caller's secret value of {', '.join(unresolved)} is not available here (sealed under "
-            "another SECRET_KEY, or already wiped by an earlier launch); refusing to launch with the "
-            "mask or with this worker's own value"
+            f"the caller's secret value of {', '.join(unresolved)} cannot be restored: {why}; refusing "
+            "to launch with the mask, or with this process's own value instead"
         )
     process.__dict__["_launch_material"] = (argv, env)
     process.__dict__["_launch_mask_values"] = secret_values(argv, env, os.environ)
@@ -173,7 +177,7 @@ def _has_secrets(argv: Sequence[str], env: Mapping[str, Any]) -> bool:
 def _mask_payload(process) -> dict[str, Any] | None:
     material = process.__dict__.get("_launch_material")
     if material is None:
-        argv, env, unresolved = _resolve(process)
+        argv, env, unresolved, _why = _resolve(process)
         if unresolved:
             return None
     else:
@@ -235,7 +239,7 @@ def sealed_for_save(process) -> str | None:
             payload = _mask_payload(process)
             return seal(payload) if payload else None
         return token
-    argv, env, unresolved = _resolve(process)
+    argv, env, unresolved, _why = _resolve(process)
     if unresolved:
         return token  # cannot be read here: what is sealed stays (the launch will say so)
     if not _has_secrets(argv, env):
@@ -278,8 +282,8 @@ def env_report(env_overlay: Mapping[str, Any], inherited: Mapping[str, Any] | No
         if value is not None:
             got = "the caller's value"
         elif inherited.get(key) not in (None, ""):
-            got = "inherited from the launching process (the caller asked for inheritance with None)"
+            got = "the launching process's own value (the caller asked to inherit it with None)"
         else:
-            got = "not set (the caller asked for inheritance with None; the launching process has none)"
+            got = "not set (the caller asked to inherit it with None; the launching process has none)"
         lines.append(f"[machine] env {key}: {got}")
     return lines
