@@ -26,7 +26,7 @@ from django.utils.functional import classproperty
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
 from hooks.execution import run_hook
-from hooks.records import records_with_type
+from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.statemachines import BinaryInstallError
@@ -462,18 +462,36 @@ class BinaryMixin:
             except Exception:  # a bad hook must cost one failed attempt, not the worker
                 logger.exception("could not run %s for %s", hook, self.name)
                 continue
-            records = records_with_type(process.stdout or "")
-            result = self._pick_result(records)
-            # Records about this binary only count from the winning hook, through _record_success.
-            dispatch_records([r for r in records if not self._is_own_result(r)])
+            # A hook is trusted with its own request only: this binary's record and its *_BINARY
+            # config key; everything else it printed is dropped, and reading stops at the budget.
+            trusted = records_for_request(iter_records(process.stdout or ""), self.name, deadline=deadline)
+            if trusted.dropped or trusted.cut_short:
+                self._report_dropped(process, hook, trusted)
+            result = self._pick_result(trusted.kept)
             if (
                 process.exit_code == 0
                 and result is not None
                 and self._record_success(result, plugin_name_for(hook))
             ):
+                # Its config key only counts from the hook that installed the binary.
+                dispatch_records([r for r in trusted.kept if r.get("type") == "Machine"])
                 return True
         self._record_failure()
         return False
+
+    def _report_dropped(self, process, hook: Path, trusted) -> None:
+        """One warning line (log and the hook row's stderr) for the records a hook was not trusted with."""
+        line = (
+            f"[machine] {hook.name}: dropped {trusted.dropped} record(s) outside its request for "
+            f"{self.name!r} (only this binary's Binary record and {binary_config_key(self.name)} are "
+            "accepted)" + (f"; stopped reading after {MAX_REQUEST_RECORDS} records or at the deadline"
+            if trusted.cut_short else "")
+        )  # fmt: skip
+        logger.warning("%s", line)
+        stderr = process.stderr or ""
+        stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
+        type(process)._default_manager.filter(pk=process.pk).update(stderr=stderr)
+        process.stderr = stderr
 
     def _is_own_result(self, record: dict) -> bool:
         return record.get("type") == "Binary" and str(record.get("name") or self.name) == self.name

@@ -105,8 +105,10 @@ def test_a_record_for_another_binary_or_a_failing_exit_does_not_install(lib_dir,
     marker_hook("beta", 6, BINARY_OK.format(name="other"))
     binary = tick(Binary.from_json({"name": "tool", "binproviders": "alpha,beta"}))
     assert_failed_once_and_backing_off(binary)
-    # The other binary's record was dispatched to its own row.
-    assert Binary.objects.get(name="other").status == "installed"
+    # A hook is trusted with its own request only: the other binary's record is dropped, and says so.
+    assert not Binary.objects.filter(name="other").exists()
+    (beta,) = [p for p in binary.hook_processes() if p.hook_script_name == "on_BinaryRequest__06_beta.sh"]
+    assert "dropped 1 record(s) outside its request for 'tool'" in beta.stderr
 
 
 def test_a_hanging_provider_is_bounded_by_the_install_timeout(lib_dir, make_hook, settings):
