@@ -581,14 +581,19 @@ class ProcessAdmin(admin.ModelAdmin):
 
     @admin.action(description="Terminate selected processes (SIGTERM, then SIGKILL)", permissions=["change"])
     def terminate_processes(self, request, queryset):
-        """Signal only rows whose PID is provably ours (pid + start time + command match this host)."""
+        """Signal only this machine's rows whose PID is provably ours (pid + start time + command)."""
         terminated, refused = [], []
+        here = Machine.current()
         for process in queryset.select_related("machine"):
             label = f"{str(process.pk)[-12:]} (pid {process.pid})"
-            if process.status != ProcessStatus.RUNNING or process.pid is None:
+            if process.machine_id != here.pk:
+                refused.append(
+                    f"{label}: belongs to machine {process.machine.hostname}; terminate it on that host"
+                )
+            elif process.status != ProcessStatus.RUNNING or process.pid is None:
                 refused.append(f"{label}: not running")
             elif process.proc is None:
-                refused.append(f"{label}: PID is not provably ours (gone, reused, or on another machine)")
+                refused.append(f"{label}: PID is not provably ours (gone, or reused by another process)")
             elif process.terminate():
                 terminated.append(label)
             else:
@@ -602,10 +607,22 @@ class ProcessAdmin(admin.ModelAdmin):
                 messages.ERROR,
             )
 
-    @admin.action(
-        description="Clean up stale running rows (on the selected rows' machines)", permissions=["change"]
-    )
+    @admin.action(description="Clean up stale running rows (of this machine)", permissions=["change"])
     def cleanup_stale(self, request, queryset):
-        machines = Machine.objects.filter(pk__in=queryset.values("machine_id"))
-        cleaned = sum(Process.cleanup_stale_running(machine=machine) for machine in machines)
-        self.message_user(request, f"Marked {cleaned} stale running process row(s) exited.")
+        """Close this machine's stale RUNNING rows; another machine's rows can only be judged on that host."""
+        here = Machine.current()
+        others = sorted(
+            set(queryset.exclude(machine=here).values_list("machine__hostname", flat=True)), key=str
+        )
+        if queryset.filter(machine=here).exists():
+            cleaned = Process.cleanup_stale_running(machine=here)
+            self.message_user(
+                request, f"Marked {cleaned} stale running process row(s) of this machine exited."
+            )
+        if others:
+            self.message_user(
+                request,
+                f"Refused to judge rows of other machines ({', '.join(others)}): their processes can only be "
+                "checked on their own hosts (run `manage.py cleanup` there).",
+                messages.ERROR,
+            )

@@ -29,6 +29,7 @@ from hooks.execution import run_hook
 from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
+from machine.processes import refuse_foreign_machine
 from machine.statemachines import BinaryInstallError
 
 logger = logging.getLogger(__name__)
@@ -571,9 +572,11 @@ class BinaryMixin:
 
     def cleanup(self) -> int:
         """Stop this binary's hook processes that still run, and delete the `*.pid` files under
-        output_dir; the number of processes stopped."""
+        output_dir; the number of processes stopped. Another machine's binary is refused."""
+        machine_model = self._meta.get_field("machine").related_model
+        refuse_foreign_machine(self.machine, machine_model.current(), f"clean up binary {self.name!r}")
         stopped = 0
-        for process in self.hook_processes().filter(status="running"):
+        for process in self.hook_processes().filter(status="running", machine_id=self.machine_id):
             terminate = getattr(process, "terminate", None)
             if terminate is not None and terminate():
                 stopped += 1

@@ -55,6 +55,20 @@ JSON_FIELDS = (
 FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at", "sealed")
 
 
+class ForeignMachineError(ValueError):
+    """Refused: the row (or machine) is another host's; only that host can judge or signal its processes."""
+
+
+def refuse_foreign_machine(machine, current, what: str) -> None:
+    """ForeignMachineError unless `machine` is `current` (this host's row); `what` names the refused act."""
+    if machine is not None and current is not None and machine.pk != current.pk:
+        raise ForeignMachineError(
+            f"refusing to {what} of machine {machine.hostname or '?'} ({(machine.guid or '')[:8]}): this "
+            f"is {current.hostname or '?'} ({(current.guid or '')[:8]}), and a pid means nothing on "
+            "another host; do it on that host"
+        )
+
+
 class ProcessInputError(ValueError):
     """A Process cannot be launched as described (bad cmd, pwd or timeout); nothing was spawned."""
 
@@ -343,6 +357,11 @@ class ProcessMixin(ProcessFilesMixin):
         cached = machine.current()
         return self.machine_id == cached.pk
 
+    def _require_local(self, what: str) -> None:
+        """ForeignMachineError when this row is another machine's (see refuse_foreign_machine)."""
+        if self.machine_id is not None and not self._is_local():
+            refuse_foreign_machine(self.machine, self._machine_model().current(), f"{what} process {self.pk}")
+
     @property
     def proc(self) -> psutil.Process | None:
         """The live psutil.Process only if pid, start time, command (and launch marker) prove it is ours."""
@@ -400,6 +419,7 @@ class ProcessMixin(ProcessFilesMixin):
                 process = None
             if process is None:
                 raise LookupError(f"no process row with id {row_id!r}")
+            process._require_local("kill")
         else:
             process = cls._default_manager.get_by_pid(pid)
             if process is None:
@@ -646,9 +666,10 @@ class ProcessMixin(ProcessFilesMixin):
         """Send `signal_num` to the process if it is provably ours; True if sent.
 
         A process that is gone, or whose pid now names another process, is not signalled: its row
-        (if still running) is closed as poll() closes it, and the answer is False. A row of another
-        machine, or one that is not running, is left as it is (False).
+        (if still running) is closed as poll() closes it, and the answer is False. A row that is not
+        running is left as it is (False); a row of another machine is refused (ForeignMachineError).
         """
+        self._require_local("kill")
         if self.status != ProcessStatus.RUNNING or not self._is_local():
             return False
         pid, start, cmd, tolerance, marker = self._proven_args()
@@ -669,7 +690,11 @@ class ProcessMixin(ProcessFilesMixin):
         self._finish(code if code is not None else fallback_code)
 
     def terminate(self, graceful_timeout: float = 5.0) -> bool:
-        """SIGTERM, wait up to graceful_timeout, then SIGKILL; False if it was not running."""
+        """SIGTERM, wait up to graceful_timeout, then SIGKILL; False if it was not running.
+
+        A row of another machine is refused (ForeignMachineError).
+        """
+        self._require_local("terminate")
         pid, start, cmd, tolerance, marker = self._proven_args()
         if pid is None or start is None or not self._is_local() or not self.is_running:
             if self.status == ProcessStatus.RUNNING:
@@ -690,7 +715,11 @@ class ProcessMixin(ProcessFilesMixin):
         return True
 
     def kill_tree(self, graceful_timeout: float = 2.0) -> int:
-        """End the process and every OS descendant (also setsid'd ones); return how many died."""
+        """End the process and every OS descendant (also setsid'd ones); return how many died.
+
+        A row of another machine is refused (ForeignMachineError).
+        """
+        self._require_local("kill the tree of")
         if not self._is_local():
             return 0
         pid, start, cmd, tolerance, marker = self._proven_args()
@@ -740,8 +769,9 @@ class ProcessMixin(ProcessFilesMixin):
 
     def kill_children_db(self) -> int:
         """Terminate the running DB children (parent FK) of this row; return how many were stopped."""
+        self._require_local("stop the children of")
         stopped = 0
-        for child in self.children.filter(status=ProcessStatus.RUNNING):
+        for child in self.children.filter(status=ProcessStatus.RUNNING, machine_id=self.machine_id):
             if child.terminate():
                 stopped += 1
         return stopped
@@ -759,7 +789,12 @@ class ProcessMixin(ProcessFilesMixin):
 
     @classmethod
     def stop_all(cls, process_type: str | None = None, machine=None, graceful: bool = True) -> int:
-        """terminate() (graceful) or kill() every running row of the type; return how many stopped."""
+        """terminate() (graceful) or kill() every running row of the type; return how many stopped.
+
+        Only this machine's rows: another `machine` is refused (ForeignMachineError).
+        """
+        if machine is not None:
+            refuse_foreign_machine(machine, cls._default_machine(), "stop the processes")
         stopped = 0
         for process in cls.get_running(process_type, machine):
             if process.terminate() if graceful else process.kill():
@@ -812,7 +847,12 @@ class ProcessMixin(ProcessFilesMixin):
 
     @classmethod
     def cleanup_stale_running(cls, machine=None) -> int:
-        """Close RUNNING rows whose process is gone, recycled, too old or past timeout + grace."""
+        """Close RUNNING rows whose process is gone, recycled, too old or past timeout + grace.
+
+        Only this machine's rows can be judged here: another `machine` is refused (ForeignMachineError).
+        """
+        if machine is not None:
+            refuse_foreign_machine(machine, cls._default_machine(), "judge the running processes")
         machine = cls._default_machine(machine)
         now = timezone.now()
         rows = (

@@ -419,6 +419,6 @@ def test_cleanup_marks_rows_of_dead_processes_exited(admin_client, machine, rows
         status=ProcessStatus.RUNNING,
     )
     response = run_action(admin_client, Process, "cleanup_stale", [stale])
-    assert messages_of(response) == ["Marked 1 stale running process row(s) exited."]
+    assert messages_of(response) == ["Marked 1 stale running process row(s) of this machine exited."]
     stale.refresh_from_db()
     assert stale.status == ProcessStatus.EXITED

@@ -23,7 +23,7 @@ from django.utils import timezone
 from hooks.dispatch import dispatch_record
 from machine import process_utils
 from machine.models import Binary, Machine, NetworkInterface, Process
-from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE
+from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE, ForeignMachineError
 from machine.sealing import SealedSecretError
 from tests.archiver.models import ArchiveResult, Crawl, Snapshot
 from tests.compat.machine_helpers import alive, foreign_sleeper, launched, own_start, popen, reaped_identity
@@ -171,17 +171,21 @@ def test_kill_never_signals_a_pid_that_is_not_proven_ours(popen):
     assert Process.objects.get(pk=reused.pk).exit_code == 137
 
 
-def test_kill_leaves_rows_of_another_machine_untouched(popen):
+def test_kill_refuses_rows_of_another_machine(popen):
     """Original: kill() of a row whose process cannot be resolved here marks the row exited (False).
 
-    Ours (row "rows of another machine"): a row of another machine is never signalled or closed here.
+    Ours (row "rows of another machine"): a row of another machine is never signalled or closed here:
+    kill(), terminate() and kill_tree() refuse it with ForeignMachineError (a ValueError) naming both
+    hosts, and the process and the row stay as they are.
     """
     proc, start = foreign_sleeper(popen)
     remote = Process.objects.create(
         machine=make_machine("other-host"), cmd=["sleep", "30"], pid=proc.pid, os_start_time=start,
         started_at=timezone.now(), status="running",
     )  # fmt: skip
-    assert remote.kill() is False and remote.kill(9) is False
+    for act in (remote.kill, lambda: remote.kill(9), remote.terminate, remote.kill_tree):
+        with pytest.raises(ForeignMachineError, match="of machine other-host"):
+            act()
     time.sleep(0.05)
     assert alive(proc.pid)
     assert Process.objects.get(pk=remote.pk).status == "running"
