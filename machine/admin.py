@@ -22,7 +22,9 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
+from hooks.overrides import override_problems
 from machine.admin_helpers import (
+    REDACTED,
     TAIL_LINES,
     config_problems,
     format_duration,
@@ -59,6 +61,11 @@ def _pre(text: str) -> str:
 
 def _json_block(value) -> str:
     return _pre(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _holds_secret(value) -> bool:
+    """A secret, or the mask a secret was stored as: shown read-only (saving it back would store the mask)."""
+    return redact_nested(value)[1] or REDACTED in json.dumps(value, default=str)
 
 
 def _process_table(processes, empty: str) -> str:
@@ -118,6 +125,20 @@ class MachineConfigForm(forms.ModelForm):
         if problems:
             raise ValidationError(problems)
         return _sanitize_machine_config(config, lib_dir=machine_settings.lib_dir)
+
+
+class BinaryRequestForm(forms.ModelForm):
+    class Meta:
+        model = Binary
+        fields = ["binproviders", "overrides"]
+
+    def clean_overrides(self):
+        """Only what the providers' allow-list accepts (hooks.overrides): refused here, before any run."""
+        overrides = self.cleaned_data.get("overrides")
+        problems = override_problems(overrides)
+        if problems:
+            raise ValidationError(problems)
+        return overrides
 
 
 class NetworkInterfaceInline(ReadOnlyInlineMixin, admin.TabularInline):
@@ -296,6 +317,7 @@ class NetworkInterfaceAdmin(admin.ModelAdmin):
 
 @admin.register(Binary)
 class BinaryAdmin(admin.ModelAdmin):
+    form = BinaryRequestForm
     list_display = [
         "name",
         "binprovider",
@@ -345,7 +367,7 @@ class BinaryAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         """Overrides holding a secret-looking key are shown redacted and read-only, never in a textarea."""
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is None or not redact_nested(obj.overrides)[1]:
+        if obj is None or not _holds_secret(obj.overrides):
             return fieldsets
         swap = {"overrides": "overrides_redacted"}
         return [
@@ -354,7 +376,7 @@ class BinaryAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
-        if obj is not None and redact_nested(obj.overrides)[1]:
+        if obj is not None and _holds_secret(obj.overrides):
             fields.append("overrides_redacted")
         return fields
 

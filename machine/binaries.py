@@ -26,10 +26,12 @@ from django.utils.functional import classproperty
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
 from hooks.execution import run_hook
+from hooks.overrides import override_problems
 from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.processes import refuse_foreign_machine
+from machine.redaction import mask_text
 from machine.statemachines import BinaryInstallError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,16 @@ def install_budget_seconds() -> int:
 def claim_lease_seconds(requested: int = 60) -> int:
     """The lease a worker takes on a Binary: never shorter than the whole install may run."""
     return max(int(requested), install_budget_seconds() + CLAIM_MARGIN_SECONDS)
+
+
+def install_hook_config() -> dict[str, str]:
+    """The environment the provider hooks get: the lib dir, and the index/registry when set."""
+    config = {"LIB_DIR": str(machine_settings.lib_dir)}
+    if machine_settings.PIP_INDEX_URL:
+        config["PIP_INDEX_URL"] = str(machine_settings.PIP_INDEX_URL)
+    if machine_settings.NPM_REGISTRY:
+        config["NPM_CONFIG_REGISTRY"] = str(machine_settings.NPM_REGISTRY)
+    return config
 
 
 def _iso(value) -> str | None:
@@ -263,6 +275,10 @@ class BinaryMixin:
             return None  # a path the row cannot hold whole: refused rather than cut
         overrides = record.get("overrides")
         overrides = overrides if isinstance(overrides, dict) else {}
+        problems = override_problems(overrides)
+        if problems:  # refused before anything is written or run
+            logger.warning("Binary record for %r refused: %s", name, mask_text("; ".join(problems)))
+            return None
         installed: dict[str, Any] | None = None
         request: dict[str, Any] = {}
         if abspath and version:
@@ -444,7 +460,12 @@ class BinaryMixin:
         hook that crashes, hangs or prints garbage.
         """
         deadline = time.monotonic() + install_budget_seconds()
-        config = {"LIB_DIR": str(machine_settings.lib_dir)}
+        problems = override_problems(self.overrides)
+        if problems:  # refused before any installer runs
+            logger.warning("not installing %s: %s", self.name, mask_text("; ".join(problems)))
+            self._record_failure()
+            return False
+        config = install_hook_config()
         parent = self._parent_process()
         for hook in self.provider_hooks():
             remaining = deadline - time.monotonic()

@@ -66,6 +66,11 @@ class MachineSettings:
     )
     #: Seconds a provider hook may run before it is killed (with its whole process tree).
     INSTALL_TIMEOUT: int = 300
+    #: The package index pip installs from (PIP_INDEX_URL for the pip hook); None: the worker's own
+    #: pip configuration. The only way to change it: install requests cannot (hooks.overrides).
+    PIP_INDEX_URL: str | None = None
+    #: The registry npm installs from (npm_config_registry for the npm hook); None: npm's own config.
+    NPM_REGISTRY: str | None = None
 
     def __getattribute__(self, name: str):
         default = super().__getattribute__(name)

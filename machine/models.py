@@ -36,9 +36,9 @@ from machine.detect import (
     get_os_info,
     get_vm_info,
 )
-from machine.processes import MaskedCmdField, MaskedEnvField, ProcessMixin, ProcessQuerySet
+from machine.fields import MaskedCmdField, MaskedEnvField, MaskedJSONField, SealedField
+from machine.processes import ProcessMixin, ProcessQuerySet
 from machine.redaction import mask_cmd, mask_nested, secret_values
-from machine.sealing import SealedField
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -502,7 +502,7 @@ class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateM
         blank=True,
         help_text="Comma-separated list of allowed providers: apt,brew,pip,npm,env",
     )
-    overrides = models.JSONField(
+    overrides = MaskedJSONField(
         default=dict,
         blank=True,
         help_text="Provider-specific overrides: {'apt': {'install_args': ['pkg']}, ...}",

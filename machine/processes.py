@@ -165,61 +165,6 @@ def _from_ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _save_secrets(instance) -> list[str]:
-    """The secret values a save masks by value: the row's own argv/env and this process's environment."""
-    return sealing.mask_values(instance)
-
-
-class MaskedCmdField(models.JSONField):
-    """The argv, stored masked (redaction.mask_cmd); the in-memory list keeps the real values.
-
-    Deconstructs as a plain JSONField: no schema change.
-    """
-
-    def pre_save(self, model_instance, add):
-        value = getattr(model_instance, self.attname)
-        if isinstance(value, list | tuple):
-            return mask_cmd(value, _save_secrets(model_instance))
-        return value
-
-    def get_prep_value(self, value):
-        if isinstance(value, list | tuple):  # also what QuerySet.update() writes
-            value = mask_cmd(value)
-        return super().get_prep_value(value)
-
-    def deconstruct(self):
-        name, _path, args, kwargs = super().deconstruct()
-        return name, "django.db.models.JSONField", args, kwargs
-
-
-class MaskedEnvField(models.JSONField):
-    """The env overlay, stored masked (redaction.mask_env); the in-memory dict keeps the real values.
-
-    So a row built with a real token can still launch with it (and a queued one carries it sealed),
-    while the database (and anything that reads the row back) never sees it. Deconstructs as a
-    plain JSONField: no schema change.
-    """
-
-    def pre_save(self, model_instance, add):
-        value = getattr(model_instance, self.attname)
-        if isinstance(value, dict):
-            return mask_env(value, _save_secrets(model_instance))
-        return value
-
-    def get_prep_value(self, value):
-        if isinstance(value, dict):
-            value = mask_env(value)
-        return super().get_prep_value(value)
-
-    def deconstruct(self):
-        name, _path, args, kwargs = super().deconstruct()
-        return name, "django.db.models.JSONField", args, kwargs
-
-
-#: The older name of MaskedEnvField.
-RedactedEnvField = MaskedEnvField
-
-
 class ProcessQuerySet(models.QuerySet):
     """Filters named as adjectives: `Process.objects.running().on_machine(m).of_type("worker")`."""
 
@@ -510,15 +455,11 @@ class ProcessMixin(ProcessFilesMixin):
         """
         code, unknown = recorded_exit(exit_code)
         secrets = self.mask_values()
-        stdout, stderr = self._read_logs(secrets)
-        if stdout is not None:
-            self.stdout = stdout
-        if stderr is not None:
-            self.stderr = stderr
+        stdout, stderr = self._read_logs(secrets)  # (masked)
+        self.stdout = stdout if stdout is not None else mask_text(self.stdout or "", secrets)
+        self.stderr = stderr if stderr is not None else mask_text(self.stderr or "", secrets)
         for line in (note, unknown):
-            self.stderr = append_line(self.stderr or "", line)
-        self.stdout = mask_text(self.stdout or "", secrets)
-        self.stderr = mask_text(self.stderr or "", secrets)
+            self.stderr = append_line(self.stderr or "", mask_text(line, secrets))
         self.sealed = None  # a closed row keeps no secret, not even sealed
         self.exit_code = code
         self.status = ProcessStatus.EXITED

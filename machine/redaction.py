@@ -157,6 +157,9 @@ _ASSIGNMENT = re.compile(
 _OPTION_VALUE = re.compile(
     r"(?<![\w-])(?P<opt>--?[A-Za-z][\w.-]*)(?P<sep>[ \t]+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"'-][^\s\"']*)"
 )
+#: A positional rule can only match on a line holding one of these (secret names, URLs, user options).
+_GATE = re.compile(r"key|token|secret|pass|pw|cookie|session|credential|auth|dsn|://|-u")
+_GATE_ANY_CASE = re.compile(_GATE.pattern, re.IGNORECASE)
 _ARG_ASSIGNMENT = re.compile(r"^(?P<name>-{0,2}[A-Za-z_][\w.-]*)=(?P<value>.*)$", re.DOTALL)
 
 
@@ -270,12 +273,32 @@ def _mask_positions(text: str, found: _Found) -> str:
         found.add(_unquoted(match["value"]))
         return f"{match['opt']}{match['sep']}{MASK}"
 
-    text = _URL_CREDENTIALS.sub(url, text)
-    text = _USER_OPTION.sub(user_option, text)
-    text = _QUOTED_KEY.sub(quoted_key, text)
-    text = _HEADER.sub(header, text)
-    text = _ASSIGNMENT.sub(assignment, text)
-    return _OPTION_VALUE.sub(option_value, text)
+    def apply(line: str) -> str:
+        line = _URL_CREDENTIALS.sub(url, line)
+        line = _USER_OPTION.sub(user_option, line)
+        line = _QUOTED_KEY.sub(quoted_key, line)
+        line = _HEADER.sub(header, line)
+        line = _ASSIGNMENT.sub(assignment, line)
+        return _OPTION_VALUE.sub(option_value, line)
+
+    # The rules only ever fire on a line holding one of the _GATE words: only those lines are
+    # looked at (a large log of ordinary output costs one scan, not six).
+    pieces, done = [], 0
+    lowered = text.lower()  # (a case-sensitive scan of the lowered text is ~10x faster)
+    hits = _GATE.finditer(lowered) if len(lowered) == len(text) else _GATE_ANY_CASE.finditer(text)
+    for hit in hits:
+        if hit.start() < done:
+            continue
+        start = text.rfind("\n", 0, hit.start()) + 1
+        end = text.find("\n", hit.end())
+        end = len(text) if end < 0 else end
+        pieces.append(text[done:start])
+        pieces.append(apply(text[start:end]))
+        done = end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 # -- value rule ----------------------------------------------------------------------------------

@@ -165,7 +165,9 @@ def unseal_for_launch(process) -> tuple[list[str], dict[str, Any]]:
             "to launch with the mask, or with this process's own value instead"
         )
     process.__dict__["_launch_material"] = (argv, env)
-    process.__dict__["_launch_mask_values"] = secret_values(argv, env, os.environ)
+    process.__dict__["_launch_mask_values"] = sorted(
+        {*secret_values(argv, env), *environ_secret_values()}, key=lambda value: (-len(value), value)
+    )
     return argv, env
 
 
@@ -219,10 +221,19 @@ def mask_values(process, *, inherited: Mapping[str, Any] | None = None) -> list[
         found.update(value for value in mask if isinstance(value, str))
     if isinstance(payload.get("argv"), list) or isinstance(payload.get("env"), dict):
         found.update(secret_values(payload.get("argv") or [], payload.get("env") or {}, None))
-    found.update(
-        secret_values(process.cmd or [], process.env or {}, os.environ if inherited is None else inherited)
-    )
+    found.update(secret_values(process.cmd or [], process.env or {}))
+    found.update(environ_secret_values() if inherited is None else secret_values(None, None, inherited))
     return sorted(found, key=lambda value: (-len(value), value))
+
+
+def environ_secret_values() -> list[str]:
+    """secret_values() of this process's environment (worked out once per distinct environment)."""
+    return list(_environ_secret_values(frozenset(os.environ.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _environ_secret_values(items: frozenset) -> tuple[str, ...]:
+    return tuple(secret_values(None, None, dict(items)))
 
 
 def sealed_for_save(process) -> str | None:

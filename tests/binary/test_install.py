@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from machine.binaries import RETRY_DELAY
-from machine.models import Binary
+from machine.models import Binary, Machine
 from machine.statemachines import BinaryInstallError
 
 from .conftest import calls
@@ -211,6 +211,14 @@ def test_retry_after_backoff_installs_and_counts_both_outcomes(lib_dir, marker_h
 def test_shell_syntax_in_pip_overrides_is_data_not_a_command(lib_dir, tmp_path):
     pwned = tmp_path / "pwned"
     overrides = {"pip": {"install_args": [f"cowsay==6.1; touch {pwned}", f"$(touch {pwned})"]}}
-    binary = tick(Binary.from_json({"name": "cowsay", "binproviders": "pip", "overrides": overrides}))
+    # Not a package name: refused before anything is written (hooks.overrides)...
+    assert Binary.from_json({"name": "cowsay", "binproviders": "pip", "overrides": overrides}) is None
+    # ... and a row that already holds it fails without running any hook.
+    binary = tick(
+        Binary.objects.create(
+            name="cowsay", binproviders="pip", overrides=overrides, machine=Machine.current()
+        )
+    )
     assert_failed_once_and_backing_off(binary)
+    assert not binary.hook_processes().exists()
     assert not pwned.exists()
