@@ -491,10 +491,13 @@ class BinaryMixin:
         """Stay queued, due again after RETRY_DELAY, one failure counted: one UPDATE plus the counter."""
         now = timezone.now()  # one clock reading for both: see is_backing_off
         values = {"status": BinaryStatus.QUEUED, "retry_at": now + RETRY_DELAY, "modified_at": now}
-        type(self)._default_manager.filter(pk=self.pk).update(**values)
+        manager = type(self)._default_manager
+        manager.filter(pk=self.pk).update(**values, num_uses_failed=models.F("num_uses_failed") + 1)
         for field, value in values.items():
             setattr(self, field, value)
-        self.increment_health_stats(False)
+        self.num_uses_failed = (
+            manager.filter(pk=self.pk).values_list("num_uses_failed", flat=True).first() or 0
+        )
 
     @classmethod
     def _process_model(cls):

@@ -19,7 +19,7 @@ import psutil  # (part of the contract: tests patch machine.models.psutil)
 from django.db import models, transaction
 from django.utils import timezone
 
-from base_models.models import ModelWithHealthStats, ModelWithUUID
+from base_models.models import ModelWithHealthStats, ModelWithUUIDv7
 from machine import process_utils
 from machine.binaries import BinaryManagerMixin, BinaryMixin
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
@@ -131,7 +131,7 @@ class MachineManager(models.Manager):
         return Machine.current()
 
 
-class Machine(ModelWithUUID, ModelWithHealthStats):
+class Machine(ModelWithUUIDv7, ModelWithHealthStats):
     """One host running this app: its identity, hardware/OS facts, health stats and config."""
 
     guid = models.CharField(max_length=64, unique=True, editable=False)
@@ -260,7 +260,7 @@ class NetworkInterfaceManager(models.Manager):
         return NetworkInterface.current(refresh=refresh)
 
 
-class NetworkInterface(ModelWithUUID, ModelWithHealthStats):
+class NetworkInterface(ModelWithUUIDv7, ModelWithHealthStats):
     """One network identity of a machine: addresses, DNS server and (when looked up) ISP and place."""
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, editable=False)
@@ -381,7 +381,7 @@ class BinaryManager(BinaryManagerMixin, models.Manager):
         )
 
 
-class Binary(BinaryMixin, ModelWithUUID, ModelWithHealthStats, ModelWithStateMachine):
+class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateMachine):
     """A binary on one machine: queued until a provider hook finds or installs it."""
 
     StatusChoices = BinaryStatus
@@ -404,10 +404,17 @@ class Binary(BinaryMixin, ModelWithUUID, ModelWithHealthStats, ModelWithStateMac
     version = models.CharField(max_length=32, default="", blank=True)
     sha256 = models.CharField(max_length=64, default="", blank=True)
 
-    status = ModelWithStateMachine.StatusField(choices=BinaryStatus.choices, default=BinaryStatus.QUEUED)
-    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+    status = ModelWithStateMachine.StatusField(
+        choices=BinaryStatus.choices, default=BinaryStatus.QUEUED, max_length=16
+    )
+    retry_at = ModelWithStateMachine.RetryAtField(
+        default=timezone.now, help_text="When to retry this binary installation"
+    )
 
     state_machine_name = "machine.statemachines.BinaryMachine"
+    #: A worker installs a binary while it is queued: there is no separate "installing" state.
+    active_state = BinaryStatus.QUEUED
+    warn_on_save_outside_runner = False
 
     objects = BinaryManager()
 
@@ -473,7 +480,7 @@ class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
         return None
 
 
-class Process(ProcessMixin, ModelWithUUID, ModelWithStateMachine):
+class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     """One OS process: launched by us (queued -> running -> exited) or registered by itself."""
 
     StatusChoices = ProcessStatus
@@ -510,10 +517,15 @@ class Process(ProcessMixin, ModelWithUUID, ModelWithStateMachine):
     iface = models.ForeignKey(NetworkInterface, on_delete=models.SET_NULL, null=True, blank=True)
     url = models.URLField(max_length=2048, default="", blank=True)
 
-    status = ModelWithStateMachine.StatusField(choices=ProcessStatus.choices, default=ProcessStatus.QUEUED)
-    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+    status = ModelWithStateMachine.StatusField(
+        choices=ProcessStatus.choices, default=ProcessStatus.QUEUED, max_length=16
+    )
+    retry_at = ModelWithStateMachine.RetryAtField(
+        default=timezone.now, help_text="When to retry this process"
+    )
 
     state_machine_name = "machine.statemachines.ProcessMachine"
+    active_state = ProcessStatus.RUNNING
 
     objects = ProcessManager()
 

@@ -156,14 +156,18 @@ def claim_one(
     expected_retry_at: datetime | None,
     now: datetime,
     until: datetime,
+    extra: dict | None = None,
 ) -> bool:
-    """Conditional update of one row: wins only if its retry_at is still what the caller saw and due."""
+    """Conditional update of one row: wins only if its retry_at is still what the caller saw and due.
+
+    `extra` are more columns the same statement writes (e.g. modified_at).
+    """
     if expected_retry_at is None or expected_retry_at > now:
         return False
     updated = (
         model._default_manager.filter(pk=pk, **{retry_field: expected_retry_at, f"{retry_field}__lte": now})
         .exclude(**{f"{state_field}__in": final_states})
-        .update(**{retry_field: until})
+        .update(**{retry_field: until, **(extra or {})})
     )
     return updated == 1
 

@@ -24,6 +24,8 @@ class ArchiveResultStatus(models.TextChoices):
 class ArchiveResult(ModelWithStateMachine):
     """One plugin run for one URL; the work is a machine.Process the runner launches and polls."""
 
+    StatusChoices = ArchiveResultStatus
+
     url = models.CharField(max_length=2048)
     plugin = models.CharField(max_length=63)
     hook_name = models.CharField(max_length=255, blank=True, default="")
@@ -52,6 +54,9 @@ class TaskStatus(models.TextChoices):
 
 class Task(ModelWithStateMachine):
     """A unit of work of one machine: a tick sleeps `work_seconds`, then writes one Effect row."""
+
+    StatusChoices = TaskStatus
+    active_state = TaskStatus.QUEUED  # (no separate working state: a tick works while queued)
 
     machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     name = models.CharField(max_length=63)

@@ -69,8 +69,13 @@ def test_exceptions_in_transition_callbacks_propagate_and_keep_the_state():
 
 
 def test_state_facts_of_the_contract_models():
-    assert (Binary.INITIAL_STATE, Binary.FINAL_STATES, Binary.ACTIVE_STATE) == ("queued", ["installed"], None)
-    assert Binary.FINAL_OR_ACTIVE_STATES == ["installed"]
+    # As in the original, a worker installs a Binary while it is queued: queued is its active state.
+    assert (Binary.INITIAL_STATE, Binary.FINAL_STATES, Binary.ACTIVE_STATE) == (
+        "queued",
+        ["installed"],
+        "queued",
+    )
+    assert Binary.FINAL_OR_ACTIVE_STATES == ["installed", "queued"]
     assert (Process.INITIAL_STATE, Process.FINAL_STATES, Process.ACTIVE_STATE) == (
         "queued",
         ["exited"],
@@ -99,13 +104,17 @@ def test_contract_models_pass_their_system_checks():
 @isolate_apps("workers")
 def test_broken_models_produce_each_check_error():
     class NoFields(ModelWithStateMachine):
+        # Remove the default status/retry_at fields the abstract base declares.
+        status = None
+        retry_at = None
         state_machine_name = "tests.foundation.test_state_machines.TwoStepMachine"
 
         class Meta:
             app_label = "workers"
 
     class UnknownMachine(ModelWithStateMachine):
-        status = ModelWithStateMachine.StatusField(choices=[("waiting", "w")], default="waiting")
+        StatusChoices = models.TextChoices("StatusChoices", [("WAITING", ("waiting", "w"))])
+        status = ModelWithStateMachine.StatusField(choices=StatusChoices.choices, default="waiting")
         retry_at = ModelWithStateMachine.RetryAtField()
         state_machine_name = "tests.foundation.nowhere.Missing"
 
@@ -113,21 +122,25 @@ def test_broken_models_produce_each_check_error():
             app_label = "workers"
 
     class WrongChoices(ModelWithStateMachine):
-        status = ModelWithStateMachine.StatusField(
-            choices=[("waiting", "w"), ("busy", "b")], default="waiting"
+        StatusChoices = models.TextChoices(
+            "StatusChoices", [("WAITING", ("waiting", "w")), ("BUSY", ("busy", "b"))]
         )
+        status = ModelWithStateMachine.StatusField(choices=StatusChoices.choices, default="waiting")
         retry_at = ModelWithStateMachine.RetryAtField()
         state_machine_name = "tests.foundation.test_state_machines.TwoStepMachine"
+        active_state = "busy"
 
         class Meta:
             app_label = "workers"
 
     class Fine(ModelWithStateMachine):
-        status = ModelWithStateMachine.StatusField(
-            choices=[("waiting", "w"), ("busy", "b"), ("done", "d")], default="waiting"
+        StatusChoices = models.TextChoices(
+            "StatusChoices", [("WAITING", ("waiting", "w")), ("BUSY", ("busy", "b")), ("DONE", ("done", "d"))]
         )
+        status = ModelWithStateMachine.StatusField(choices=StatusChoices.choices, default="waiting")
         retry_at = ModelWithStateMachine.RetryAtField()
         state_machine_name = "tests.foundation.test_state_machines.TwoStepMachine"
+        active_state = None  # derived: the first state neither initial nor final
 
         class Meta:
             app_label = "workers"
@@ -135,9 +148,13 @@ def test_broken_models_produce_each_check_error():
     def ids(model):
         return sorted(e.id for e in model.check() if e.id.startswith("workers."))
 
-    assert ids(NoFields) == ["workers.E001", "workers.E002"]
-    assert ids(UnknownMachine) == ["workers.E003"]
-    assert ids(WrongChoices) == ["workers.E004"]
+    # Ours (E001-E004) and, beside them, the original's ids for the same faults (E011-E019).
+    # (NoFields keeps the default StatusChoices, which lack TwoStepMachine's states: E017, E019.)
+    assert ids(NoFields) == [
+        "workers.E001", "workers.E002", "workers.E012", "workers.E013", "workers.E017", "workers.E019"
+    ]  # fmt: skip
+    assert ids(UnknownMachine) == ["workers.E003", "workers.E016"]
+    assert ids(WrongChoices) == ["workers.E004", "workers.E019"]
     assert "done" in next(e.msg for e in WrongChoices.check() if e.id == "workers.E004")
     assert ids(Fine) == []
     assert Fine.ACTIVE_STATE == "busy"
