@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "base_models",
     "workers",
     "machine",
+    "machine.demo",  # the main job: manage.py quickstart
 ]
 
 MIDDLEWARE = [

@@ -8,8 +8,7 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.argtypes import positive_int
-from workers.quickstart import (
+from machine.demo.quickstart import (
     ManifestError,
     default_manifest_path,
     format_summary,
@@ -17,6 +16,7 @@ from workers.quickstart import (
     quickstart,
     summary_records,
 )
+from workers.argtypes import positive_int
 
 
 class Command(BaseCommand):
@@ -27,7 +27,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--manifest", type=Path, default=None, help="Manifest JSON (default: demo/manifest.json)"
+            "--manifest",
+            type=Path,
+            default=None,
+            help="Manifest JSON (default: the bundled machine/demo/manifest.json)",
         )
         parser.add_argument(
             "--workers", type=positive_int, default=2, help="Worker processes (default: %(default)r)"

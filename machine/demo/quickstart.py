@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from django.conf import settings
-
+from machine.conf import machine_settings
+from machine.models import Binary, Machine, NetworkInterface, Process
 from workers.progress import ProgressPrinter
 from workers.runner import Orchestrator, RunnerOptions, driven_models
 
@@ -32,7 +32,8 @@ class Manifest:
 
 
 def default_manifest_path() -> Path:
-    return Path(settings.BASE_DIR) / "demo" / "manifest.json"
+    """The manifest shipped with this app (package data), so an installed wheel has it too."""
+    return Path(__file__).resolve().parent / "manifest.json"
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -71,8 +72,6 @@ class QuickstartResult:
 
 def queue_binaries(manifest: Manifest, machine) -> tuple[list, list[str]]:
     """A Binary row per manifest entry: the installed one when there is one, else a queued request."""
-    from machine.models import Binary
-
     rows, reused = [], []
     for entry in manifest.binaries:
         installed = Binary.objects.get_valid_binary(entry["name"], machine=machine)
@@ -89,8 +88,6 @@ def queue_binaries(manifest: Manifest, machine) -> tuple[list, list[str]]:
 
 def queue_processes(manifest: Manifest, machine, binaries: list, run_dir: Path) -> list:
     """Queued Process rows: the manifest's commands, then `<abspath> --version` of each installed binary."""
-    from machine.models import Process
-
     commands: list[tuple[list[str], Any]] = [(item["cmd"], None) for item in manifest.processes]
     if manifest.version_checks:
         commands += [([b.abspath, "--version"], b) for b in binaries if b is not None and b.is_valid]
@@ -114,9 +111,6 @@ def run_queue(labels: tuple[str, ...], workers: int, stream: TextIO, show_progre
 
 
 def quickstart(manifest: Manifest, *, workers: int, stream: TextIO, show_progress: bool) -> QuickstartResult:
-    from machine.conf import machine_settings
-    from machine.models import Binary, Machine, NetworkInterface, Process
-
     started = time.monotonic()
     machine = Machine.current()
     iface = NetworkInterface.current()
