@@ -39,7 +39,7 @@ admin: migrate
 	DJANGO_SUPERUSER_USERNAME='$(ADMIN_USER)' DJANGO_SUPERUSER_PASSWORD='$(ADMIN_PASSWORD)' \
 	DJANGO_SUPERUSER_EMAIL='$(ADMIN_USER)@localhost' $(PY) manage.py createsuperuser --no-input 2>/dev/null \
 	  || echo "admin user '$(ADMIN_USER)' already exists; password unchanged"
-	$(PY) manage.py machine > /dev/null
+	$(PY) manage.py machine -v 0
 	@echo "Admin: http://$(ADMIN_ADDR)/admin/  (user $(ADMIN_USER))"
 	DJANGO_DEBUG=1 $(PY) manage.py runserver $(ADMIN_ADDR)
 

@@ -25,6 +25,20 @@ def check_data_dir(app_configs=None, **kwargs) -> list[django_checks.CheckMessag
     return []
 
 
+def check_prune_days(app_configs=None, **kwargs) -> list[django_checks.CheckMessage]:
+    """MACHINE_PRUNE_DAYS is a whole number of days, 0 or more."""
+    days = machine_settings.PRUNE_DAYS
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        return [
+            django_checks.Error(
+                f"MACHINE_PRUNE_DAYS must be a whole number of days >= 0, got {days!r}.",
+                hint="e.g. MACHINE_PRUNE_DAYS = 30 (manage.py prune deletes exited rows older than that)",
+                id="machine.E002",
+            )
+        ]
+    return []
+
+
 def check_sqlite_writers(app_configs=None, **kwargs) -> list[django_checks.CheckMessage]:
     """An SQLite database the app cannot make safe for several worker processes gets a warning."""
     found = []
@@ -45,4 +59,5 @@ def check_sqlite_writers(app_configs=None, **kwargs) -> list[django_checks.Check
 def register() -> None:
     """Called from MachineConfig.ready()."""
     django_checks.register(check_data_dir, django_checks.Tags.compatibility)
+    django_checks.register(check_prune_days, django_checks.Tags.compatibility)
     django_checks.register(check_sqlite_writers, django_checks.Tags.compatibility)

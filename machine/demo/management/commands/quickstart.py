@@ -11,12 +11,13 @@ from django.core.management.base import BaseCommand, CommandError
 from machine.demo.quickstart import (
     ManifestError,
     default_manifest_path,
-    format_summary,
     load_manifest,
+    print_summary,
     quickstart,
     summary_records,
 )
 from workers.argtypes import positive_int
+from workers.console import Console, configure_logging
 
 
 class Command(BaseCommand):
@@ -38,20 +39,21 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="No live progress display")
         parser.add_argument("--json", action="store_true", help="Print JSONL records only on stdout")
 
-    def handle(self, *, manifest, workers, no_progress, json: bool = False, verbosity, **_):
+    def handle(self, *, manifest, workers, no_progress, json: bool = False, verbosity, **options):
         try:
             loaded = load_manifest(manifest or default_manifest_path())
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
-        err = self.stderr._out
-        err.write("[0/2] migrating the database and registering this machine\n")
+        configure_logging(verbosity, self.stderr._out)
+        progress = Console.for_command(self, "stderr", verbosity, **options)
+        progress.line("[0/2] migrating the database and registering this machine")
         call_command("migrate", interactive=False, verbosity=0)
-        result = quickstart(loaded, workers=workers, stream=err, show_progress=not no_progress)
+        result = quickstart(loaded, workers=workers, console=progress, show_progress=not no_progress)
         if json:
             for record in summary_records(result):
                 self.stdout.write(_dumps(record))
         else:
-            self.stdout.write(format_summary(result))
+            print_summary(Console.for_command(self, "stdout", verbosity, **options), result)
         if result.exit_code:
             raise CommandError(f"the runner exited with {result.exit_code}", returncode=result.exit_code)
 
