@@ -30,6 +30,7 @@ def _expected_package_files() -> set[str]:
     """Non-Python files and migrations the apps read at run time, taken from the source tree."""
     expected = {f"{package}/py.typed" for package in PACKAGES}
     expected |= _source_files("machine/templates") | _source_files("machine/static")
+    expected |= _source_files("workers/static")
     expected |= _source_files("hooks/builtin")
     expected |= {p for p in _source_files("machine/migrations") if p.endswith(".py")}
     expected |= {"machine/demo/manifest.json"}
@@ -54,7 +55,9 @@ def test_the_wheel_carries_templates_static_files_hooks_migrations_and_the_demo_
     _sdist, wheel, _log = dists
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = _expected_package_files()
-    assert "machine/templates/admin/machine/process/change_form.html" in expected  # the source has them
+    # (The source has them: the admin's templates and the live-refresh script.)
+    assert "machine/templates/admin/machine/process/change_form.html" in expected
+    assert "workers/static/workers/admin/live.js" in expected
     assert expected - names == set()
 
 
