@@ -756,6 +756,7 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
             "stored": _stored_window(getattr(obj, stream) or "", LOG_WINDOW) if window is None else "",
             "earlier": max(0, window.start - LOG_WINDOW) if window and window.has_earlier else None,
             "later": window.end if window and window.has_later else None,
+            "at_end": window is None or not window.has_later,
             "path": path,
             "live": obj.status == ProcessStatus.RUNNING,
         }
