@@ -95,13 +95,4 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {
-        "machine": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-        "workers": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-        "hooks": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-    },
-}
+# No LOGGING here: the commands log the app loggers to stderr at their -v level (see the README).

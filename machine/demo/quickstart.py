@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from machine.conf import machine_settings
 from machine.models import Binary, Machine, NetworkInterface, Process
+from machine.redaction import redact_cmd
 from workers.console import Console
 from workers.progress import queue_progress
 from workers.runner import Orchestrator, RunnerOptions, driven_models
@@ -105,7 +105,12 @@ def queue_processes(manifest: Manifest, machine, binaries: list, run_dir: Path) 
 def run_queue(labels: tuple[str, ...], workers: int, console: Console, show_progress: bool) -> int:
     """Run the workers on these models until their queues are idle; return the runner's exit code."""
     options = RunnerOptions(
-        workers=workers, until_idle=True, models=labels, poll=0.1, heartbeat=2.0, verbosity=console.verbosity
+        workers=workers,
+        until_idle=True,
+        models=labels,
+        poll=0.1,
+        heartbeat=2.0,
+        verbosity=max(console.verbosity - 1, 0),  # the workers' log lines: detail, from -v 2
     )
     progress = queue_progress(console, driven_models(labels), interval=0.2) if show_progress else None
     return Orchestrator(options, progress=progress).run()
@@ -178,7 +183,7 @@ def print_summary(console: Console, result: QuickstartResult) -> None:
     console.line()
     console.table(
         ("COMMAND", "EXIT", "DURATION", "STATUS"),
-        [(shlex.join(p.cmd)[:60], p.exit_code, _duration(p), p.status) for p in result.processes],
+        [(" ".join(redact_cmd(p.cmd))[:60], p.exit_code, _duration(p), p.status) for p in result.processes],
         title="Processes",
     )
     console.line()

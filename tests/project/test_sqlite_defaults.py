@@ -97,7 +97,7 @@ def test_the_projects_own_choices_are_kept_and_reported(tmp_path, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_tuning_can_be_turned_off_and_the_check_says_what_to_add(tmp_path, settings):
+def test_tuning_can_be_turned_off_and_the_check_says_what_to_add(tmp_path, settings, monkeypatch):
     settings.MACHINE_SQLITE_TUNING = False
     connection = _open(tmp_path)
     try:
@@ -105,5 +105,7 @@ def test_tuning_can_be_turned_off_and_the_check_says_what_to_add(tmp_path, setti
         assert connection.transaction_mode is None
     finally:
         connection.close()
-    messages = [m for m in run_checks() if m.id == "machine.W001"]
-    assert messages and all("PRAGMA journal_mode=WAL" in m.hint for m in messages)
+    databases = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
+    monkeypatch.setattr(checks, "settings", SimpleNamespace(DATABASES=databases))
+    (warning,) = [m for m in run_checks() if m.id == "machine.W001"]
+    assert "PRAGMA journal_mode=WAL" in warning.hint and "'default'" in warning.msg

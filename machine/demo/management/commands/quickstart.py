@@ -44,7 +44,8 @@ class Command(BaseCommand):
             loaded = load_manifest(manifest or default_manifest_path())
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
-        configure_logging(verbosity, self.stderr._out)
+        # The runner's log lines are detail under the progress lines: shown from -v 2.
+        configure_logging(max(verbosity - 1, 0), self.stderr._out)
         progress = Console.for_command(self, "stderr", verbosity, **options)
         progress.line("[0/2] migrating the database and registering this machine")
         call_command("migrate", interactive=False, verbosity=0)
