@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 
 RUNNER = ("runworker", "--workers=1", "--until-idle", "--models=exampleapp.Task", "--poll=0.05")
 
@@ -44,3 +48,40 @@ def test_runworker_keeps_the_projects_logging_handlers(new_project, tmp_path):
     lines = log.read_text().splitlines()
     assert any(line.startswith("PROJECT workers.runner runner ") and "started" in line for line in lines)
     assert "started: 1 worker(s)" not in done.stderr
+
+
+def _on_a_terminal(project, *args: str) -> str:
+    """Run `manage.py ARGS` with its stdout on a pseudo-terminal; what it printed."""
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, str(project.manage_py), *args],
+            cwd=project.path, env={**project.env, "COLUMNS": "160", "TERM": "xterm"},
+            stdout=follower, stderr=subprocess.PIPE, timeout=60,
+        )  # fmt: skip
+        os.close(follower)
+        follower = -1
+        assert done.returncode == 0, done.stderr
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_tables_are_drawn_by_rich_on_a_terminal_and_plain_in_a_pipe(new_project):
+    new_project.manage("install", "sh", "--binproviders=env", "-v", "0")
+    piped = new_project.manage("binaries").stdout
+    drawn = _on_a_terminal(new_project, "binaries")
+    assert piped.splitlines()[0].split() == ["NAME", "VERSION", "PROVIDER", "STATUS", "ABSPATH"]
+    assert "┃" not in piped and "\x1b[" not in piped
+    assert "┃" in drawn and "NAME" in drawn and "sh" in drawn  # a rich table with box characters
