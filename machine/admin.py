@@ -182,6 +182,10 @@ class MachineAdmin(admin.ModelAdmin):
         "modified_at",
     ]
     list_filter = ["os_family", "hw_in_docker", "hw_in_vm"]
+
+    class Media:
+        css = {"all": ["workers/admin/state_machine.css", "machine/admin/machine.css"]}
+
     search_fields = ["hostname", "guid", "hw_uuid", "os_platform"]
     ordering = ["-modified_at"]
     inlines = [NetworkInterfaceInline]
@@ -294,6 +298,10 @@ class NetworkInterfaceAdmin(admin.ModelAdmin):
         "modified_at",
     ]
     list_filter = ["machine", "isp", "country"]
+
+    class Media:
+        css = {"all": ["workers/admin/state_machine.css"]}  # the health badge
+
     search_fields = ["iface", "ip_local", "ip_public", "mac_address", "hostname", "isp", "city", "country"]
     list_select_related = ["machine"]
     ordering = ["-modified_at"]

@@ -12,7 +12,7 @@ import shlex
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils.text import Truncator
@@ -166,6 +166,12 @@ def stat_value(key: str, value: Any) -> str:
             return human_bytes(float(value))
         if key.endswith(("_percent", "_pct")):
             return f"{value:g} %"
+        if key.endswith("_time") and value > 0:  # a Unix timestamp, e.g. boot_time
+            return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if key.endswith("_seconds") and value >= 0:
+            return format_duration(
+                datetime.fromtimestamp(0, tz=UTC), datetime.fromtimestamp(value, tz=UTC), datetime.now(tz=UTC)
+            )
         return f"{value:g}" if isinstance(value, float) else str(value)
     if isinstance(value, (list, tuple)):
         return ", ".join(stat_value(key, item) for item in value)

@@ -314,6 +314,8 @@ def test_machine_stats_are_a_readable_table(admin_client, machine):
         "mem_total": 16 * 1024**3,
         "disk_percent": 42.5,
         "load_avg": [0.5, 1.0, 1.5],
+        "boot_time": 1767225600.0,
+        "uptime_seconds": 3723.4,
     }
     machine.save()
     html = admin_client.get(change(machine)).content.decode()
@@ -321,6 +323,8 @@ def test_machine_stats_are_a_readable_table(admin_client, machine):
     assert "<th>mem total</th><td>16.0 GiB</td>" in html
     assert "<th>disk percent</th><td>42.5 %</td>" in html
     assert "<th>load avg</th><td>0.5, 1, 1.5</td>" in html
+    assert "<th>boot time</th><td>2026-01-01 00:00:00 UTC</td>" in html
+    assert "<th>uptime seconds</th><td>1h 02m 03s</td>" in html
     assert "&quot;cpu_count&quot;" not in html  # not raw JSON
 
 
