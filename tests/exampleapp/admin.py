@@ -1,16 +1,10 @@
-"""The example archiver's admin: its queue models reuse workers.admin, as a downstream app would."""
+"""The example app's admin: its queue model reuses workers.admin, as a downstream app would."""
 
 from django.contrib import admin
 
 from workers.admin import QueueStateFilter, StateMachineAdminMixin
 
-from .models import ArchiveResult, Task
-
-
-@admin.register(ArchiveResult)
-class ArchiveResultAdmin(StateMachineAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "plugin", "url", "status_badge", "due"]
-    list_filter = [QueueStateFilter, "status", "plugin"]
+from .models import Task
 
 
 @admin.register(Task)

@@ -1,4 +1,4 @@
-"""The example archiver's rows: an ArchiveResult that runs its work as a Process, and a plain Task.
+"""Rows the runner tests drive: a Task that works for a while and writes one Effect.
 
 Nothing here reaches into the library's internals: the models subclass ModelWithStateMachine, point
 at state machines in statemachines.py, and link to machine.Process / machine.Machine like any
@@ -10,41 +10,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from machine.models import Machine, Process
+from machine.models import Machine
 from workers.models import ModelWithStateMachine
-
-
-class ArchiveResultStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"  #: waiting for a worker to queue its Process
-    STARTED = "started", "Started"  #: its Process is queued or running
-    SUCCEEDED = "succeeded", "Succeeded"  #: the Process exited 0
-    FAILED = "failed", "Failed"  #: the Process exited non-zero
-
-
-class ArchiveResult(ModelWithStateMachine):
-    """One plugin run for one URL; the work is a machine.Process the runner launches and polls."""
-
-    StatusChoices = ArchiveResultStatus
-
-    url = models.CharField(max_length=2048)
-    plugin = models.CharField(max_length=63)
-    hook_name = models.CharField(max_length=255, blank=True, default="")
-    #: The command the Process runs; `{url}` is replaced by the URL.
-    cmd = models.JSONField(default=list)
-    process = models.OneToOneField(
-        Process, on_delete=models.SET_NULL, null=True, blank=True, related_name="archiveresult"
-    )
-    output_str = models.TextField(blank=True, default="")
-
-    status = ModelWithStateMachine.StatusField(
-        choices=ArchiveResultStatus.choices, default=ArchiveResultStatus.QUEUED
-    )
-    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
-
-    state_machine_name = "tests.exampleapp.statemachines.ArchiveResultMachine"
-
-    def __str__(self) -> str:
-        return f"ArchiveResult[{self.pk}] {self.plugin} {self.url} ({self.status})"
 
 
 class TaskStatus(models.TextChoices):

@@ -4,90 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 from statemachine import State
 
-from machine.conf import machine_settings
-from machine.models import Machine, Process
 from workers.models import BaseStateMachine
 
-from .models import ArchiveResult, ArchiveResultStatus, Effect, Task, TaskStatus
-
-#: How soon a started ArchiveResult looks at its Process again.
-POLL_SECONDS = 0.2
-
-
-class ArchiveResultMachine(BaseStateMachine):
-    """queued -> started -> succeeded | failed: queue a Process, then follow it until it exits."""
-
-    model_attr_name = "archiveresult"
-
-    queued = State(value=ArchiveResultStatus.QUEUED, initial=True)
-    started = State(value=ArchiveResultStatus.STARTED)
-    succeeded = State(value=ArchiveResultStatus.SUCCEEDED, final=True)
-    failed = State(value=ArchiveResultStatus.FAILED, final=True)
-
-    tick = (
-        queued.to(started)
-        | started.to.itself(unless="process_exited")
-        | started.to(succeeded, cond="process_succeeded")
-        | started.to(failed, cond="process_exited")
-    )
-
-    def _process(self) -> Process | None:
-        pk = self.archiveresult.process_id
-        return Process.objects.filter(pk=pk).first() if pk else None
-
-    def process_exited(self) -> bool:
-        process = self._process()
-        return process is not None and process.status == Process.StatusChoices.EXITED
-
-    def process_succeeded(self) -> bool:
-        process = self._process()
-        return self.process_exited() and process.exit_code == 0
-
-    def on_enter_started(self, source: State) -> None:
-        """Queue the Process (once): the Process row and our link to it commit together."""
-        result = self.archiveresult
-        if source == self.queued:
-            cmd = [str(arg).replace("{url}", result.url) for arg in result.cmd]
-            pwd = machine_settings.data_dir / "archive" / str(result.pk) / result.plugin
-            pwd.mkdir(parents=True, exist_ok=True)
-            with transaction.atomic():
-                process = Process.objects.create(
-                    machine=Machine.current(),
-                    process_type=Process.TypeChoices.HOOK,
-                    cmd=cmd,
-                    pwd=str(pwd),
-                    timeout=60,
-                    url=result.url,
-                )
-                moved = ArchiveResult.objects.filter(pk=result.pk, status=ArchiveResultStatus.QUEUED).update(
-                    process=process, status=ArchiveResultStatus.STARTED, retry_at=_soon()
-                )
-                if moved != 1:  # someone else started it: roll our Process back
-                    raise RuntimeError(f"{result} was started by another worker")
-            result.process = process
-        else:
-            ArchiveResult.objects.filter(pk=result.pk).update(retry_at=_soon())
-        result.refresh_from_db(fields=["process", "status", "retry_at"])
-
-    def on_enter_succeeded(self) -> None:
-        self._finish(ArchiveResultStatus.SUCCEEDED)
-
-    def on_enter_failed(self) -> None:
-        self._finish(ArchiveResultStatus.FAILED)
-
-    def _finish(self, status: str) -> None:
-        result = self.archiveresult
-        process = self._process()
-        output = (process.stdout or "").strip()[:1000] if process else ""
-        ArchiveResult.objects.filter(pk=result.pk).update(status=status, retry_at=None, output_str=output)
-        result.refresh_from_db(fields=["status", "retry_at", "output_str"])
+from .models import Effect, Task, TaskStatus
 
 
 class TaskMachine(BaseStateMachine):
@@ -116,7 +40,3 @@ class TaskMachine(BaseStateMachine):
                 return
             Task.objects.filter(pk=task.pk).update(status=TaskStatus.DONE, retry_at=None)
             Effect.objects.create(task=task, pid=os.getpid())
-
-
-def _soon():
-    return timezone.now() + timedelta(seconds=POLL_SECONDS)

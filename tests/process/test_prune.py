@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from machine.models import Process
-from tests.exampleapp.models import ArchiveResult
+from tests.archiver.models import ArchiveResult, Crawl, Snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,12 @@ def history(make_process, workdir, data_dir):
     age(rows["older"], 400)
     age(rows["referenced"], 40)
     Process.objects.filter(pk=rows["running"].pk).update(created_at=timezone.now() - timedelta(days=40))
-    ArchiveResult.objects.create(url="https://example.com", plugin="wget", process=rows["referenced"])
+    snapshot = Snapshot.objects.create(
+        crawl=Crawl.objects.create(urls="https://example.com"), url="https://example.com"
+    )
+    ArchiveResult.objects.create(
+        snapshot=snapshot, plugin="wget", process=rows["referenced"]
+    )  # a downstream link
     stray = data_dir / "processes" / "0190f0a0-0000-7000-8000-000000000001"  # a row deleted elsewhere
     stray.mkdir(parents=True)
     (stray / "stdout.log").write_text("left behind")
