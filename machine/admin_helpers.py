@@ -85,24 +85,6 @@ def process_label(pk: object, cmd: object, status: str) -> str:
     return f"Process {str(pk)[-12:]}: {Truncator(shell_command(cmd)).chars(80)} ({status})"
 
 
-def redact_nested(value: Any) -> tuple[Any, bool]:
-    """`value` with the values of secret-looking keys redacted at any depth, and whether any was."""
-    if isinstance(value, Mapping):
-        found = False
-        clean = {}
-        for key, item in value.items():
-            if is_secret_key(key) and item not in (None, ""):
-                clean[key], found = REDACTED, True
-            else:
-                clean[key], inner = redact_nested(item)
-                found = found or inner
-        return clean, found
-    if isinstance(value, list):
-        items = [redact_nested(item) for item in value]
-        return [item for item, _ in items], any(found for _, found in items)
-    return value, False
-
-
 # -- exit codes, health, stats, logs ---------------------------------------------------------------
 
 #: What a shell means by these exit codes.

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from machine.detect import DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
-from django.core.exceptions import ImproperlyConfigured
 
 
 def _env_bool(name: str, default: bool) -> bool:

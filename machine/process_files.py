@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hooks.records import records_with_type
 from machine import process_utils
-from machine.choices import ProcessStatus
+from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 
 #: Script types a hook can be (the suffix of its file name).
