@@ -517,6 +517,11 @@ class BinaryAdmin(StateMachineAdminMixin, admin.ModelAdmin):
 def _queued_message(binary) -> str:
     if binary.status == BinaryStatus.INSTALLED:
         return f"{binary.name} is already installed here ({binary.version} via {binary.binprovider})."
+    if binary.abspath:  # a request for an installed binary queues it again (as the original does)
+        return (
+            f"Queued {binary.name} to be checked again (installed: {binary.version} via "
+            f"{binary.binprovider}). A worker (manage.py runworker) re-runs its providers."
+        )
     return (
         f"Queued {binary.name} for install (providers: {binary.binproviders or 'any'}). "
         "A worker (manage.py runworker) installs it; this page shows the outcome."
