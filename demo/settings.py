@@ -7,7 +7,7 @@ The database is an embedded SQLite file under DATA_DIR unless DATABASE_URL names
 import os
 from pathlib import Path
 
-import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "data").resolve()
@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "base_models",
     "workers",
     "machine",
+    "machine.demo",  # the main job: manage.py quickstart
 ]
 
 MIDDLEWARE = [
@@ -57,9 +58,17 @@ TEMPLATES = [
 
 
 def database_config(data_dir: Path) -> dict:
-    """DATABASE_URL if set, else the embedded SQLite file, tuned for several writer processes."""
+    """DATABASE_URL if set (needs `pip install django-machine[postgres]` and dj-database-url), else
+    the embedded SQLite file. No SQLite OPTIONS: the machine app tunes SQLite connections itself."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
+        try:
+            import dj_database_url  # only the demo needs it (pip install 'django-machine[dev]')
+        except ImportError:
+            raise ImproperlyConfigured(
+                "DATABASE_URL is set but dj-database-url is not installed: "
+                "pip install 'django-machine[dev]' (or dj-database-url 'psycopg[binary]')"
+            ) from None
         config = dj_database_url.parse(url, conn_max_age=0)
         if config["ENGINE"] == "django.db.backends.postgresql":
             config.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME") or None
@@ -68,13 +77,6 @@ def database_config(data_dir: Path) -> dict:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": data_dir / "index.sqlite3",
-        "OPTIONS": {
-            # IMMEDIATE takes the write lock at BEGIN, so a writer waits (up to `timeout`) instead of
-            # failing with "database is locked" when it upgrades a read transaction later.
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
-        },
         "TEST": {"NAME": os.environ.get("TEST_DATABASE_NAME") or str(data_dir / "test.sqlite3")},
     }
 
@@ -93,13 +95,4 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {
-        "machine": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-        "workers": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-        "hooks": {"handlers": ["console"], "level": os.environ.get("MACHINE_LOG_LEVEL", "WARNING")},
-    },
-}
+# No LOGGING here: the commands log the app loggers to stderr at their -v level (see the README).

@@ -17,29 +17,44 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.urls import reverse
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from hooks.overrides import override_problems
+from machine import installer
 from machine.admin_helpers import (
     REDACTED,
     TAIL_LINES,
     config_problems,
+    exit_code_kind,
+    exit_code_meaning,
     format_duration,
+    health_kind,
+    health_summary,
     join_tail,
     process_label,
+    read_log_window,
     redact_env_for_display,
     redact_nested,
     shell_command,
+    stats_pairs,
 )
 from machine.choices import BinaryStatus, ProcessStatus
 from machine.conf import machine_settings
 from machine.models import Binary, Machine, NetworkInterface, Process, _sanitize_machine_config
+from workers.admin import QueueStateFilter, StateMachineAdminMixin, badge
 
 #: Related processes listed on one page (newest first); the changelist link shows them all.
 PROCESS_TABLE_LIMIT = 50
+#: Descendants drawn in a process tree before "and N more" (the changelist filter shows them all).
+TREE_LIMIT = 200
+#: Bytes of a log shown on one page of the log view.
+LOG_WINDOW = 256 * 1024
+LOG_STREAMS = ("stdout", "stderr")
 
 
 def _admin_link(obj, label: str | None = None) -> str:
@@ -75,7 +90,7 @@ def _process_table(processes, empty: str) -> str:
             reverse("admin:machine_process_change", args=[p.pk]),
             process_label(p.pk, p.cmd, p.status),
             p.process_type,
-            "" if p.exit_code is None else p.exit_code,
+            exit_badge(p),
             formats.date_format(timezone.localtime(p.started_at), "DATETIME_FORMAT") if p.started_at else "",
         )
         for p in processes.order_by("-created_at")[:PROCESS_TABLE_LIMIT]
@@ -86,6 +101,31 @@ def _process_table(processes, empty: str) -> str:
         "<table><thead><tr><th>Process</th><th>Type</th><th>Exit code</th><th>Started</th></tr></thead>"
         "<tbody>{}</tbody></table>",
         format_html_join("", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>', rows),
+    )
+
+
+def exit_badge(process) -> str:
+    """The exit code as a badge: green 0, red for any other code (3, 6, 127, 143...), "-" while running."""
+    code = process.exit_code
+    if code is None and process.status != ProcessStatus.EXITED:
+        return "-"
+    kind = exit_code_kind(code, process.status)
+    text = "?" if code is None else str(code)
+    return badge(text, kind, title=f"exit code {text}: {exit_code_meaning(code)}")
+
+
+def health_badge(obj) -> str:
+    """Success rate of a row's uses, or "no uses yet" for a row never used (not a misleading 0%)."""
+    succeeded, failed = obj.num_uses_succeeded, obj.num_uses_failed
+    return badge(health_summary(succeeded, failed), health_kind(succeeded, failed))
+
+
+def _pairs_table(pairs) -> str:
+    if not pairs:
+        return "-"
+    return format_html(
+        '<table class="machine-pairs"><tbody>{}</tbody></table>',
+        format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", pairs),
     )
 
 
@@ -164,6 +204,10 @@ class MachineAdmin(admin.ModelAdmin):
         "modified_at",
     ]
     list_filter = ["os_family", "hw_in_docker", "hw_in_vm"]
+
+    class Media:
+        css = {"all": ["workers/admin/state_machine.css", "machine/admin/machine.css"]}
+
     search_fields = ["hostname", "guid", "hw_uuid", "os_platform"]
     ordering = ["-modified_at"]
     inlines = [NetworkInterfaceInline]
@@ -238,13 +282,13 @@ class MachineAdmin(admin.ModelAdmin):
     def short_guid(self, obj):
         return obj.guid[:12]
 
-    @admin.display(description="Health %")
+    @admin.display(description="Health")
     def health_percent(self, obj):
-        return obj.health
+        return health_badge(obj)
 
-    @admin.display(description="Stats")
+    @admin.display(description="Host stats")
     def stats_display(self, obj):
-        return _json_block(obj.stats or {})
+        return _pairs_table(stats_pairs(obj.stats))
 
     @admin.display(description="Binaries", ordering="_binaries")
     def binaries_count(self, obj):
@@ -276,6 +320,10 @@ class NetworkInterfaceAdmin(admin.ModelAdmin):
         "modified_at",
     ]
     list_filter = ["machine", "isp", "country"]
+
+    class Media:
+        css = {"all": ["workers/admin/state_machine.css"]}  # the health badge
+
     search_fields = ["iface", "ip_local", "ip_public", "mac_address", "hostname", "isp", "city", "country"]
     list_select_related = ["machine"]
     ordering = ["-modified_at"]
@@ -307,16 +355,54 @@ class NetworkInterfaceAdmin(admin.ModelAdmin):
     def machine_link(self, obj):
         return _admin_link(obj.machine)
 
-    @admin.display(description="Health %")
+    @admin.display(description="Health")
     def health_percent(self, obj):
-        return obj.health
+        return health_badge(obj)
 
 
 # -- Binary --------------------------------------------------------------------------------------
 
 
+class BinaryInstallForm(forms.Form):
+    """An install request, checked like `manage.py install` checks it; queued by Binary.from_json()."""
+
+    name = forms.CharField(
+        max_length=Binary._meta.get_field("name").max_length,
+        help_text="The program's name as it is found on PATH, e.g. wget or yt-dlp.",
+    )
+    binproviders = forms.MultipleChoiceField(
+        label="Providers",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Tried in their hook order; tick none to allow any provider.",
+    )
+    overrides = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text='Optional JSON keyed by provider, e.g. {"pip": {"install_args": ["yt-dlp==2024.8.6"]}}',
+    )
+
+    def __init__(self, *args, providers: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["binproviders"].choices = [(name, name) for name in providers]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            cleaned["request"] = installer.build_request(
+                [cleaned["name"]],
+                ",".join(cleaned.get("binproviders") or []) or "*",
+                cleaned.get("overrides"),
+            )
+        except installer.InstallRequestError as exc:
+            raise ValidationError(str(exc)) from None
+        return cleaned
+
+
 @admin.register(Binary)
-class BinaryAdmin(admin.ModelAdmin):
+class BinaryAdmin(StateMachineAdminMixin, admin.ModelAdmin):
     form = BinaryRequestForm
     list_display = [
         "name",
@@ -324,13 +410,13 @@ class BinaryAdmin(admin.ModelAdmin):
         "version",
         "abspath",
         "short_sha256",
-        "status",
+        "status_badge",
         "health_percent",
         "machine_link",
-        "retry_at",
+        "due",
         "modified_at",
     ]
-    list_filter = ["status", "binprovider", "machine"]
+    list_filter = ["status", QueueStateFilter, "binprovider", "machine"]
     search_fields = ["name", "abspath", "version", "sha256", "binproviders", "binprovider"]
     list_select_related = ["machine"]
     ordering = ["name", "-modified_at"]
@@ -343,8 +429,8 @@ class BinaryAdmin(admin.ModelAdmin):
         "abspath",
         "version",
         "sha256",
-        "status",
-        "retry_at",
+        "status_badge",
+        "due",
         "health_percent",
         "num_uses_succeeded",
         "num_uses_failed",
@@ -353,7 +439,7 @@ class BinaryAdmin(admin.ModelAdmin):
         "hook_runs",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "machine_link", "status", "retry_at"]}),
+        (None, {"fields": ["name", "machine_link", ("status_badge", "due")]}),
         ("Resolved", {"fields": ["binprovider", "abspath", "version", "sha256"]}),
         ("Install request", {"fields": ["binproviders", "overrides"]}),
         ("Health", {"fields": [("health_percent", "num_uses_succeeded", "num_uses_failed")]}),
@@ -361,8 +447,27 @@ class BinaryAdmin(admin.ModelAdmin):
         (None, {"fields": ["id", "created_at", "modified_at"]}),
     ]
 
-    def has_add_permission(self, request):
-        return False  # requests arrive as BinaryRequest records from hooks
+    def add_view(self, request, form_url="", extra_context=None):
+        """ "Install a binary": a request form (not the model form); a valid one queues a Binary row."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        providers = installer.known_providers()
+        form = BinaryInstallForm(request.POST or None, providers=providers)
+        if request.method == "POST" and form.is_valid():
+            binary = installer.queue(form.cleaned_data["request"])[0]
+            self.log_addition(request, binary, [{"added": {"name": binary.name}}])
+            self.message_user(request, _queued_message(binary), messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:machine_binary_change", args=[binary.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Install a binary",
+            "form": form,
+            "machine": Machine.current(),
+            "media": self.media + form.media,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/machine/binary/install_form.html", context)
 
     def get_fieldsets(self, request, obj=None):
         """Overrides holding a secret-looking key are shown redacted and read-only, never in a textarea."""
@@ -392,9 +497,9 @@ class BinaryAdmin(admin.ModelAdmin):
     def short_sha256(self, obj):
         return obj.sha256[:12]
 
-    @admin.display(description="Health %")
+    @admin.display(description="Health")
     def health_percent(self, obj):
-        return obj.health
+        return health_badge(obj)
 
     @admin.display(description="Hook runs")
     def hook_runs(self, obj):
@@ -431,17 +536,31 @@ class BinaryAdmin(admin.ModelAdmin):
             )
 
 
+def _queued_message(binary) -> str:
+    if binary.status == BinaryStatus.INSTALLED:
+        return f"{binary.name} is already installed here ({binary.version} via {binary.binprovider})."
+    if binary.abspath:  # a request for an installed binary queues it again (as the original does)
+        return (
+            f"Queued {binary.name} to be checked again (installed: {binary.version} via "
+            f"{binary.binprovider}). A worker (manage.py runworker) re-runs its providers."
+        )
+    return (
+        f"Queued {binary.name} for install (providers: {binary.binproviders or 'any'}). "
+        "A worker (manage.py runworker) installs it; this page shows the outcome."
+    )
+
+
 # -- Process -------------------------------------------------------------------------------------
 
 
 @admin.register(Process)
-class ProcessAdmin(admin.ModelAdmin):
+class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
     list_display = [
         "short_id",
         "command",
         "process_type",
-        "status",
-        "exit_code",
+        "status_badge",
+        "exit_code_badge",
         "duration",
         "pid",
         "machine_link",
@@ -451,11 +570,12 @@ class ProcessAdmin(admin.ModelAdmin):
         "started_at",
     ]
     list_display_links = ["short_id"]
-    list_filter = ["status", "process_type", "machine", "worker_type"]
+    list_filter = ["status", QueueStateFilter, "process_type", "machine", "worker_type"]
     search_fields = ["=pid", "cmd", "pwd", "worker_type", "url", "binary__name"]
     list_select_related = ["machine", "binary", "parent"]
     ordering = ["-created_at"]
     actions = ["terminate_processes", "cleanup_stale"]
+    live_fields = ("status_badge", "exit_code_badge", "duration")
     fieldsets = [
         (
             None,
@@ -463,15 +583,13 @@ class ProcessAdmin(admin.ModelAdmin):
                 "fields": [
                     "full_command",
                     ("process_type", "worker_type"),
-                    ("status", "exit_code", "retry_at"),
+                    ("status_badge", "exit_code_badge", "due"),
                 ]
             },
         ),
         ("OS process", {"fields": [("pid", "os_alive"), ("started_at", "ended_at", "duration"), "timeout"]}),
-        (
-            "Relations",
-            {"fields": ["machine_link", "binary_link", "parent_link", "children_links", "iface", "url"]},
-        ),
+        ("Process tree", {"fields": ["process_tree"]}),
+        ("Relations", {"fields": ["machine_link", "binary_link", "iface", "url"]}),
         ("Environment", {"fields": ["pwd", "env_display"]}),
         ("Output", {"fields": ["stdout_tail", "stderr_tail"]}),
         (None, {"fields": ["id", "created_at", "modified_at"]}),
@@ -481,19 +599,18 @@ class ProcessAdmin(admin.ModelAdmin):
         "full_command",
         "process_type",
         "worker_type",
-        "status",
-        "exit_code",
-        "retry_at",
+        "status_badge",
+        "exit_code_badge",
+        "due",
         "pid",
         "os_alive",
         "started_at",
         "ended_at",
         "duration",
         "timeout",
+        "process_tree",
         "machine_link",
         "binary_link",
-        "parent_link",
-        "children_links",
         "iface",
         "url",
         "pwd",
@@ -508,7 +625,20 @@ class ProcessAdmin(admin.ModelAdmin):
         return False  # rows come from launches and Process.current()
 
     def has_delete_permission(self, request, obj=None):
-        return False  # rows are the history of what ran here; cleanup_stale settles stale ones
+        return False  # rows are the history of what ran here; `manage.py prune` removes old ones
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/terminate/", view(self.terminate_view), name="machine_process_terminate"),
+            path(
+                "<path:object_id>/log/<str:stream>/download/",
+                view(self.log_download_view),
+                name="machine_process_log_download",
+            ),
+            path("<path:object_id>/log/<str:stream>/", view(self.log_view), name="machine_process_log"),
+            *super().get_urls(),
+        ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """Read-only detail: nothing to save (actions do the changes), titled by the redacted label."""
@@ -518,6 +648,9 @@ class ProcessAdmin(admin.ModelAdmin):
         context = {"show_save": False, "show_save_and_continue": False, "show_delete_link": False}
         if obj is not None:
             context["subtitle"] = process_label(obj.pk, obj.cmd, obj.status)
+            context["can_terminate"] = obj.status == ProcessStatus.RUNNING and self.has_change_permission(
+                request, obj
+            )
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
     def history_view(self, request, object_id, extra_context=None):
@@ -530,6 +663,11 @@ class ProcessAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_children=Count("children"))
+
+    def is_live(self, obj) -> bool:
+        return obj.status != ProcessStatus.EXITED
+
+    # -- columns and fields ------------------------------------------------------------------------
 
     @admin.display(description="Children", ordering="_children")
     def children_count(self, obj):
@@ -557,9 +695,22 @@ class ProcessAdmin(admin.ModelAdmin):
     def full_command(self, obj):
         return format_html("<code>{}</code>", shell_command(obj.cmd))
 
+    def render_exit_code_badge(self, obj) -> str:
+        return exit_badge(obj)
+
+    @admin.display(description="Exit code", ordering="exit_code")
+    def exit_code_badge(self, obj):
+        return self.live_cell(obj, "exit_code_badge")
+
+    def render_duration(self, obj) -> str:
+        text = format_duration(obj.started_at, obj.ended_at, timezone.now())
+        if text and obj.ended_at is None and obj.status == ProcessStatus.RUNNING:
+            return format_html("{} <small>(running)</small>", text)
+        return format_html("{}", text or "-")
+
     @admin.display(description="Duration")
     def duration(self, obj):
-        return format_duration(obj.started_at, obj.ended_at, timezone.now())
+        return self.live_cell(obj, "duration")
 
     @admin.display(description="Machine", ordering="machine__hostname")
     def machine_link(self, obj):
@@ -573,9 +724,10 @@ class ProcessAdmin(admin.ModelAdmin):
     def parent_link(self, obj):
         return _admin_link(obj.parent, str(obj.parent.pk)[-12:] if obj.parent_id else None)
 
-    @admin.display(description="Children")
-    def children_links(self, obj):
-        return _process_table(obj.children.all(), empty="-")
+    @admin.display(description="Ancestors and descendants")
+    def process_tree(self, obj):
+        """From the root down to this process, then everything it started, as nested lists."""
+        return render_process_tree(obj)
 
     @admin.display(description="Still alive (pid and start time verified)")
     def os_alive(self, obj):
@@ -595,18 +747,80 @@ class ProcessAdmin(admin.ModelAdmin):
 
     @admin.display(description=f"stdout (last {TAIL_LINES} lines)")
     def stdout_tail(self, obj):
-        return _pre(_output_tail(obj.tail_stdout, obj.stdout))
+        return format_html("{}{}", _pre(_output_tail(obj.tail_stdout, obj.stdout)), _log_links(obj, "stdout"))
 
     @admin.display(description=f"stderr (last {TAIL_LINES} lines)")
     def stderr_tail(self, obj):
-        return _pre(_output_tail(obj.tail_stderr, obj.stderr))
+        return format_html("{}{}", _pre(_output_tail(obj.tail_stderr, obj.stderr)), _log_links(obj, "stderr"))
 
-    @admin.action(description="Terminate selected processes (SIGTERM, then SIGKILL)", permissions=["change"])
-    def terminate_processes(self, request, queryset):
-        """Signal only this machine's rows whose PID is provably ours (pid + start time + command)."""
+    # -- the full log ------------------------------------------------------------------------------
+
+    def _viewable(self, request, object_id):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404("No such process.")
+        if not self.has_view_or_change_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def log_view(self, request, object_id, stream):
+        """A bounded window of a log file (`?start=<byte>`; default: its end), with paging and download."""
+        if stream not in LOG_STREAMS:
+            raise Http404("No such log.")
+        obj = self._viewable(request, object_id)
+        path = obj._stream_file(stream)
+        try:
+            start = int(request.GET["start"]) if request.GET.get("start") else None
+        except ValueError:
+            start = None
+        try:
+            window = read_log_window(path, start, LOG_WINDOW)
+            source = "file"
+        except FileNotFoundError:
+            window, source = None, "row"
+        except OSError as exc:
+            window, source = None, f"unreadable: {exc.strerror or exc}"
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": obj,
+            "title": f"{stream} of {process_label(obj.pk, obj.cmd, obj.status)}",
+            "subtitle": process_label(obj.pk, obj.cmd, obj.status),
+            "stream": stream,
+            "window": window,
+            "source": source,
+            "stored": _stored_window(getattr(obj, stream) or "", LOG_WINDOW) if window is None else "",
+            "earlier": max(0, window.start - LOG_WINDOW) if window and window.has_earlier else None,
+            "later": window.end if window and window.has_later else None,
+            "at_end": window is None or not window.has_later,
+            "path": path,
+            "live": obj.status == ProcessStatus.RUNNING,
+        }
+        return TemplateResponse(request, "admin/machine/process/log.html", context)
+
+    def log_download_view(self, request, object_id, stream):
+        """The whole log, streamed from the file (never read into memory); the stored copy if no file."""
+        if stream not in LOG_STREAMS:
+            raise Http404("No such log.")
+        obj = self._viewable(request, object_id)
+        filename = f"process-{obj.pk}-{stream}.log"
+        try:
+            handle = open(obj._stream_file(stream), "rb")  # closed by the FileResponse
+        except FileNotFoundError:
+            response = HttpResponse(getattr(obj, stream) or "", content_type="text/plain; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="{filename}"'
+            return response
+        except OSError as exc:
+            raise Http404(f"The log file cannot be read: {exc.strerror or exc}") from None
+        return FileResponse(handle, as_attachment=True, filename=filename, content_type="text/plain")
+
+    # -- terminate, with a confirmation first --------------------------------------------------------
+
+    def _terminate(self, request, processes) -> None:
+        """Signal only rows whose PID is provably ours (pid + start time + command match this host)."""
         terminated, refused = [], []
         here = Machine.current()
-        for process in queryset.select_related("machine"):
+        for process in processes:
             label = f"{str(process.pk)[-12:]} (pid {process.pid})"
             if process.machine_id != here.pk:
                 refused.append(
@@ -629,6 +843,51 @@ class ProcessAdmin(admin.ModelAdmin):
                 messages.ERROR,
             )
 
+    def _confirmation(self, request, processes, *, action: str | None):
+        """The page that asks before anything is signalled (like Django's delete confirmation)."""
+        rows = [
+            {
+                "process": p,
+                "label": process_label(p.pk, p.cmd, p.status),
+                "url": reverse("admin:machine_process_change", args=[p.pk]),
+                "running": p.status == ProcessStatus.RUNNING,
+                "ours": p.status == ProcessStatus.RUNNING and p.proc is not None,
+                "children": len(p.get_children_pids()) if p.status == ProcessStatus.RUNNING else 0,
+            }
+            for p in processes
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Terminate processes?",
+            "rows": rows,
+            "action": action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "any_running": any(r["ours"] for r in rows),
+        }
+        return TemplateResponse(request, "admin/machine/process/terminate_confirmation.html", context)
+
+    @admin.action(description="Terminate selected processes (SIGTERM, then SIGKILL)…", permissions=["change"])
+    def terminate_processes(self, request, queryset):
+        """Asks first; once confirmed (post=yes), terminates the provably-ours running rows."""
+        processes = list(queryset.select_related("machine"))
+        if request.POST.get("post") == "yes":
+            self._terminate(request, processes)
+            return None
+        return self._confirmation(request, processes, action="terminate_processes")
+
+    def terminate_view(self, request, object_id):
+        """The detail page's "Terminate" button: confirmation on GET, terminate on a confirmed POST."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404("No such process.")
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            self._terminate(request, [obj])
+            return HttpResponseRedirect(reverse("admin:machine_process_change", args=[obj.pk]))
+        return self._confirmation(request, [obj], action=None)
+
     @admin.action(description="Clean up stale running rows (of this machine)", permissions=["change"])
     def cleanup_stale(self, request, queryset):
         """Close this machine's stale RUNNING rows; another machine's rows can only be judged on that host."""
@@ -648,3 +907,58 @@ class ProcessAdmin(admin.ModelAdmin):
                 "checked on their own hosts (run `manage.py cleanup` there).",
                 messages.ERROR,
             )
+
+
+def _log_links(obj, stream: str) -> str:
+    return format_html(
+        '<p class="machine-log-nav"><a href="{}">Full {} log</a><a href="{}">Download</a></p>',
+        reverse("admin:machine_process_log", args=[obj.pk, stream]),
+        stream,
+        reverse("admin:machine_process_log_download", args=[obj.pk, stream]),
+    )
+
+
+def _stored_window(text: str, window: int) -> str:
+    """The end of the output stored in the row (when there is no log file), at most `window` characters."""
+    return text[-window:]
+
+
+def _tree_node(process) -> str:
+    label = process_label(process.pk, process.cmd, process.status)
+    return format_html(
+        '<a href="{}">{}</a> {} {} <span class="machine-tree-note">{}</span>',
+        reverse("admin:machine_process_change", args=[process.pk]),
+        label,
+        badge(
+            process.get_status_display(), "active" if process.status == ProcessStatus.RUNNING else "neutral"
+        ),
+        exit_badge(process),
+        process.process_type,
+    )
+
+
+def render_process_tree(obj) -> str:
+    """Nested <ul>: each ancestor from the root, this process (bold), then its descendants (bounded)."""
+    descendants = obj.get_descendants()
+    shown, hidden = descendants[:TREE_LIMIT], max(0, len(descendants) - TREE_LIMIT)
+    children: dict = {}
+    for process in shown:
+        children.setdefault(process.parent_id, []).append(process)
+
+    def subtree(process) -> str:
+        items = format_html_join(
+            "", "<li>{}{}</li>", ((_tree_node(c), subtree(c)) for c in children.get(process.pk, []))
+        )
+        return format_html("<ul>{}</ul>", items) if items else ""
+
+    node = format_html('<li class="machine-tree-self">{}{}</li>', _tree_node(obj), subtree(obj))
+    for ancestor in obj.ancestors:  # nearest first: wrap outwards up to the root
+        node = format_html("<li>{}<ul>{}</ul></li>", _tree_node(ancestor), node)
+    more = ""
+    if hidden:
+        more = format_html(
+            "<p>… and {} more ({})</p>",
+            hidden,
+            _changelist_link(Process, f"parent__id__exact={obj.pk}", "direct children"),
+        )
+    return format_html('<ul class="machine-tree">{}</ul>{}', node, more)

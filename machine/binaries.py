@@ -28,6 +28,7 @@ from hooks.dispatch import dispatch_records
 from hooks.execution import run_hook
 from hooks.overrides import override_problems
 from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
+from machine import signals
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.processes import refuse_foreign_machine
@@ -556,6 +557,7 @@ class BinaryMixin:
             setattr(self, field, value)
         self.increment_health_stats(True)
         self.symlink_to_lib_bin(machine_settings.lib_dir / "bin")
+        signals.binary_installed.send_robust(type(self), binary=self)
         return True
 
     def _record_failure(self) -> None:
@@ -569,6 +571,7 @@ class BinaryMixin:
         self.num_uses_failed = (
             manager.filter(pk=self.pk).values_list("num_uses_failed", flat=True).first() or 0
         )
+        signals.binary_install_failed.send_robust(type(self), binary=self)
 
     @classmethod
     def _process_model(cls):

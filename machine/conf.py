@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from machine.detect import DEFAULT_PUBLIC_LOOKUPS, DEFAULT_TIMEOUT
@@ -33,7 +34,8 @@ def is_background_add_argv(argv: list[str]) -> bool:
 class MachineSettings:
     """Each attribute is a default; `MACHINE_<NAME>` in Django settings overrides it."""
 
-    #: Root of everything the app writes (logs, lib dir). Falls back to settings.DATA_DIR, then ./data.
+    #: Root of everything the app writes (process logs, hook output, lib dir). Default:
+    #: settings.DATA_DIR, else settings.BASE_DIR / "data" (never the current directory).
     DATA_DIR: Path | None = None
     #: Where provider hooks install binaries (pip venv, npm prefix) and where lib/bin symlinks live.
     LIB_DIR: Path | None = None
@@ -71,6 +73,11 @@ class MachineSettings:
     PIP_INDEX_URL: str | None = None
     #: The registry npm installs from (npm_config_registry for the npm hook); None: npm's own config.
     NPM_REGISTRY: str | None = None
+    #: Tune every SQLite connection for several writer processes (WAL, busy timeout, IMMEDIATE
+    #: transactions; see machine/sqlite.py). Off for a database on a filesystem without WAL support.
+    SQLITE_TUNING: bool = True
+    #: `manage.py prune` deletes exited Process rows (and their log directories) older than this.
+    PRUNE_DAYS: int = 30
 
     def __getattribute__(self, name: str):
         default = super().__getattribute__(name)
@@ -80,8 +87,22 @@ class MachineSettings:
 
     @property
     def data_dir(self) -> Path:
-        value = self.DATA_DIR or getattr(django_settings, "DATA_DIR", None) or os.environ.get("DATA_DIR")
-        return Path(value or "data").resolve()
+        """MACHINE_DATA_DIR, else DATA_DIR, else BASE_DIR / "data"; ImproperlyConfigured without any."""
+        value = self.DATA_DIR or getattr(django_settings, "DATA_DIR", None)
+        if value:
+            return Path(value).expanduser().resolve()
+        base_dir = getattr(django_settings, "BASE_DIR", None)
+        if base_dir:
+            return (Path(base_dir) / "data").resolve()
+        raise ImproperlyConfigured(
+            "django-machine needs a directory for its files: set MACHINE_DATA_DIR (or DATA_DIR, or "
+            'BASE_DIR, whose "data" folder is then used) in your settings.'
+        )
+
+    @property
+    def processes_dir(self) -> Path:
+        """Where each launched Process keeps its own logs, pid file and cmd.sh (one folder per row)."""
+        return self.data_dir / "processes"
 
     @property
     def lib_dir(self) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,19 +126,3 @@ def failure_reason(binary: Binary) -> str:
     last = binary.hook_processes().exclude(stderr="").last()
     lines = (last.stderr if last is not None else "").strip().splitlines()
     return lines[-1].strip() if lines else ""
-
-
-def install(
-    request: InstallRequest, progress: Callable[[str, Binary, float], None] | None = None
-) -> list[Binary]:
-    """Queue then install each binary in turn; `progress(event, binary, seconds)` for start/done."""
-    results = []
-    for binary in queue(request):
-        started = time.monotonic()
-        if progress:
-            progress("start", binary, 0.0)
-        binary = install_one(binary)
-        if progress:
-            progress("done", binary, time.monotonic() - started)
-        results.append(binary)
-    return results

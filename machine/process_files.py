@@ -14,6 +14,7 @@ from pathlib import Path
 from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
+from machine.conf import machine_settings
 from machine.redaction import MASK, is_secret_key, mask_cmd, mask_env, mask_text
 
 #: Script types a hook can be (the suffix of its file name).
@@ -52,40 +53,37 @@ class ProcessFilesMixin:
         return None
 
     @property
-    def runtime_dir(self) -> Path | None:
-        """Where the logs live: `pwd`, or `pwd/.hooks/<hook script>` for a hook process."""
-        if not self.pwd:
-            return None
-        base = Path(self.pwd)
-        script = self.hook_script_name
-        return base / ".hooks" / script if script else base
+    def runtime_dir(self) -> Path:
+        """This row's own folder for its logs, pid file and cmd.sh: `<MACHINE_DATA_DIR>/processes/<id>`.
 
-    def _runtime_file(self, name: str) -> Path | None:
-        directory = self.runtime_dir
-        return directory / name if directory is not None else None
+        One folder per row, never `pwd` (the original's choice): two processes sharing a working
+        directory would otherwise write the same stdout.log, and `prune` can delete the folder whole
+        without ever touching a user's directory. See docs/compatibility.md.
+        """
+        return machine_settings.processes_dir / str(self.id)
+
+    def _runtime_file(self, name: str) -> Path:
+        return self.runtime_dir / name
 
     @property
-    def stdout_file(self) -> Path | None:
+    def stdout_file(self) -> Path:
         return self._runtime_file("stdout.log")
 
     @property
-    def stderr_file(self) -> Path | None:
+    def stderr_file(self) -> Path:
         return self._runtime_file("stderr.log")
 
     @property
-    def pid_file(self) -> Path | None:
+    def pid_file(self) -> Path:
         return self._runtime_file("process.pid")
 
     @property
-    def cmd_file(self) -> Path | None:
+    def cmd_file(self) -> Path:
         return self._runtime_file("cmd.sh")
 
     def ensure_log_files(self) -> None:
-        """Create the runtime dir and empty stdout/stderr logs (no-op without a pwd)."""
-        directory = self.runtime_dir
-        if directory is None:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
+        """Create the runtime dir and empty stdout/stderr logs."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.stdout_file, self.stderr_file):
             path.touch(exist_ok=True)
 
@@ -123,7 +121,7 @@ class ProcessFilesMixin:
 
     def _write_pid_file(self) -> None:
         path = self.pid_file
-        if path is None or self.pid is None:
+        if self.pid is None:
             return
         path.write_text(f"{self.pid}\n")
         start = self.os_start_time or (self.started_at.timestamp() if self.started_at else None)
@@ -131,18 +129,9 @@ class ProcessFilesMixin:
             os.utime(path, (start, start))
 
     def _remove_pid_file(self) -> None:
-        # Only the file launch() wrote: a row registered by its own process has the process's cwd
-        # as pwd, and a `process.pid` there is somebody else's.
-        path = self.pid_file
-        if path is None or self.pid is None:
-            return
-        try:
-            if path.read_text().strip() == str(self.pid):
-                path.unlink(missing_ok=True)
-        except (OSError, UnicodeDecodeError):
-            pass
+        self.pid_file.unlink(missing_ok=True)
 
-    def _stream_file(self, stream: str) -> Path | None:
+    def _stream_file(self, stream: str) -> Path:
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
         return self.stdout_file if stream == "stdout" else self.stderr_file
@@ -150,8 +139,6 @@ class ProcessFilesMixin:
     def tail(self, stream: str = "stdout", lines: int = 50, follow: bool = False) -> Iterator[str]:
         """Last `lines` lines of a log, secrets masked (`follow`: keep yielding until the process is gone)."""
         path = self._stream_file(stream)
-        if path is None:
-            return iter(())
         stop = (lambda: not self.is_running) if follow else None
         return self._masked(process_utils.tail(path, lines=lines, follow=follow, stop=stop))
 
@@ -227,6 +214,6 @@ class ProcessFilesMixin:
     def get_records(self) -> list[dict]:
         """Records the process printed on stdout (from the DB copy, else the live log file)."""
         text = self.stdout
-        if not text and self.stdout_file is not None and self.stdout_file.exists():
+        if not text and self.stdout_file.exists():
             text = self.stdout_file.read_text(errors="replace")
         return self.parse_records_from_text(text)

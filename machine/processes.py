@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from django.db.models.functions import Concat, Right
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from machine import process_utils, sealing
+from machine import process_utils, sealing, signals
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.process_files import ProcessFilesMixin
@@ -380,21 +379,6 @@ class ProcessMixin(ProcessFilesMixin):
         killed = process.kill_tree(graceful_timeout=graceful_timeout)
         return process, killed
 
-    @staticmethod
-    def format_table(rows: Iterable) -> str:
-        """A plain text table of processes: id, pid, type, status, started_at, cmd."""
-        header = ("ID", "PID", "TYPE", "STATUS", "STARTED", "CMD")
-        lines = [header]
-        for p in rows:
-            started = p.started_at.strftime("%Y-%m-%d %H:%M:%S") if p.started_at else "-"
-            cmd = shlex.join(mask_cmd(p.cmd or []))
-            lines.append((str(p.id), str(p.pid or "-"), p.process_type, p.status, started, cmd[:80]))
-        widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
-        return "\n".join(
-            "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:-1])) + "  " + row[-1]
-            for row in lines
-        )
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def _build_env(self, env_overlay: dict[str, Any] | None = None) -> dict[str, str]:
@@ -470,6 +454,7 @@ class ProcessMixin(ProcessFilesMixin):
             self.save()
         else:  # a saved row: only what ending changed
             self.save(update_fields=FINISH_FIELDS)
+        signals.process_exited.send_robust(type(self), process=self, exit_code=self.exit_code)
 
     def launch(self, background: bool = False, cwd: str | None = None):
         """Spawn cmd (in its own session, output to the log files) and record pid and start time.
@@ -517,6 +502,7 @@ class ProcessMixin(ProcessFilesMixin):
         if background:
             self._write_pid_file()
         self.save()  # visible (and findable by the child's own Process.current()) while it runs
+        signals.process_started.send_robust(type(self), process=self)
         if not background:
             self._finish(self._wait_foreground())
         return self

@@ -32,9 +32,9 @@ def _reset_machine_caches():
     mm._CURRENT_PROCESS = None
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def data_dir(tmp_path, settings):
-    """A private DATA_DIR (and lib dir inside it) for the test."""
+    """Every test gets a private MACHINE_DATA_DIR (process logs, hook output, lib dir)."""
     path = tmp_path / "data"
     path.mkdir()
     settings.MACHINE_DATA_DIR = path
@@ -42,11 +42,12 @@ def data_dir(tmp_path, settings):
 
 
 @pytest.fixture
-def subprocess_env():
-    """Environment for a child Python process that must open the database this test uses."""
+def subprocess_env(data_dir):
+    """Environment for a child Python process that must open the database and data dir this test uses."""
     from django.db import connection
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MACHINE_")}
+    env["DATA_DIR"] = str(data_dir)
     env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     env["DATABASE_NAME"] = str(connection.settings_dict["NAME"])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))

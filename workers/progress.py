@@ -1,17 +1,15 @@
-"""A live, one-line view of the queues: row counts per model and status (this machine's rows)."""
+"""A live view of the queues: row counts per model and status (this machine's rows)."""
 
 from __future__ import annotations
 
-import time
-from typing import TextIO
-
 from django.db.models import Count
+
+from workers.console import Console, LiveLine
+from workers.runner import claim_filter
 
 
 def queue_counts(models) -> dict[str, dict[str, int]]:
     """{model name: {status: rows}} for the runner's models, scoped to this machine where they are."""
-    from workers.runner import claim_filter
-
     counts: dict[str, dict[str, int]] = {}
     for model in models:
         queryset = model._default_manager.all()
@@ -32,26 +30,6 @@ def format_counts(counts: dict[str, dict[str, int]]) -> str:
     return " | ".join(parts) or "no rows"
 
 
-class ProgressPrinter:
-    """Called by the orchestrator each round: rewrites one line on a terminal, else prints changes."""
-
-    def __init__(self, models, stream: TextIO, interval: float = 0.5):
-        self.models = models
-        self.stream = stream
-        self.interval = interval
-        self._last_text = ""
-        self._last_time = 0.0
-        self._tty = hasattr(stream, "isatty") and stream.isatty()
-
-    def __call__(self, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last_time < self.interval:
-            return
-        self._last_time = now
-        text = format_counts(queue_counts(self.models))
-        if text != self._last_text:
-            self._last_text = text
-            self.stream.write("\r\033[K" + text[:200] if self._tty else text + "\n")
-        if final and self._tty:
-            self.stream.write("\n")
-        self.stream.flush()
+def queue_progress(console: Console, models, interval: float = 0.5) -> LiveLine:
+    """The orchestrator's progress callback: one line of queue counts, redrawn as they change."""
+    return console.live(lambda: format_counts(queue_counts(models)), interval=interval)

@@ -72,6 +72,8 @@ class RunnerOptions:
     grace: float = 10.0
     max_restarts: int = 10
     heartbeat: float = 5.0
+    #: The command's -v, handed on to the worker processes.
+    verbosity: int = 1
 
     def as_worker_args(self) -> list[str]:
         args = [
@@ -80,6 +82,7 @@ class RunnerOptions:
             f"--batch={self.batch}",
             f"--grace={self.grace}",
             f"--heartbeat={self.heartbeat}",
+            f"--verbosity={self.verbosity}",
         ]
         if self.until_idle:
             args.append("--until-idle")
@@ -529,9 +532,15 @@ class Orchestrator:
         """Run until stopped (or until the workers found the queues empty); return the exit code."""
         from machine.models import Machine, Process
 
-        driven_models(self.options.models)  # fail early on unknown labels
+        models = driven_models(self.options.models)  # fail early on unknown labels
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.row = presence.register_self("orchestrator", worker_type="runworker")
+        logger.info(
+            "runner %d started: %d worker(s) for %s",
+            os.getpid(),
+            self.options.workers,
+            ", ".join(m._meta.label for m in models),
+        )
         exit_code = 0
         try:
             machine = Machine.current()
@@ -551,6 +560,7 @@ class Orchestrator:
                 signal.signal(sig, handler)
             if self.progress:
                 self.progress(final=True)
+            logger.info("runner %d stopped with exit code %d", os.getpid(), exit_code)
         return exit_code
 
     def _on_signal(self, signum, frame) -> None:

@@ -46,12 +46,12 @@ def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
 
-def run_action(client, model, action: str, rows):
-    return client.post(
-        changelist(model),
-        {"action": action, "_selected_action": [str(r.pk) for r in rows]},
-        follow=True,
-    )
+def run_action(client, model, action: str, rows, confirm: bool = True):
+    """Post an action; `confirm` also answers "yes" to an action that asks first (terminate)."""
+    data = {"action": action, "_selected_action": [str(r.pk) for r in rows]}
+    if confirm:
+        data["post"] = "yes"
+    return client.post(changelist(model), data, follow=True)
 
 
 # -- access ---------------------------------------------------------------------------------------
@@ -126,9 +126,11 @@ def test_retry_makes_a_backing_off_binary_due_but_never_breaks_a_workers_lease(a
     assert held.retry_at == held_until
 
 
-def test_nobody_can_add_rows_by_hand(admin_client):
-    for model in MODELS:
+def test_nobody_can_add_rows_by_hand_except_a_binary_install_request(admin_client):
+    for model in (Machine, NetworkInterface, Process):
         assert admin_client.get(reverse(f"admin:machine_{model._meta.model_name}_add")).status_code == 403
+    page = admin_client.get(reverse("admin:machine_binary_add"))
+    assert page.status_code == 200 and 'id="binary-install-form"' in page.content.decode()
 
 
 def test_processes_are_read_only_and_machines_and_processes_cannot_be_deleted(admin_client, machine, rows):

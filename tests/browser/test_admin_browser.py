@@ -101,12 +101,13 @@ def test_detail_pages(admin_page, live_server, machine, rows, screenshot):
     assert_no_secret(page)
     screenshot("20-process-detail")
 
-    page.locator(".field-parent_link a").click()
-    expect(page.locator(".field-children_links")).to_contain_text(str(hook.pk)[-12:])
+    page.locator(".field-process_tree .machine-tree > li > a").click()  # the root of its tree
+    expect(page.locator(".field-process_tree .machine-tree-self")).to_contain_text("run_worker")
+    expect(page.locator(".field-process_tree .machine-tree-self > ul")).to_contain_text(str(hook.pk)[-12:])
     screenshot("21-process-parent-detail")
 
     open_admin(page, live_server, f"binary/{rows['binary'].pk}/change/")
-    expect(page.locator(".fieldBox.field-health_percent")).to_contain_text("75")
+    expect(page.locator(".fieldBox.field-health_percent")).to_contain_text("75% (3 ok / 1 failed)")
     page.locator(".field-hook_runs a", has_text=str(hook.pk)[-12:]).click()
     expect(page).to_have_url(re.compile(str(hook.pk)))
     open_admin(page, live_server, f"binary/{rows['binary'].pk}/change/")
@@ -133,6 +134,10 @@ def test_terminate_a_running_sleep_from_the_admin(admin_page, live_server, machi
         screenshot("30-process-running-sleep")
 
         run_action(page, [sleep.pk], "terminate_processes")
+        expect(page.locator("#terminate-list")).to_contain_text("sleep 120")  # asked first
+        screenshot("30b-process-terminate-confirmation")
+        assert sleep.proc is not None
+        page.click('input[value="Yes, terminate"]')
         expect(page.locator(".messagelist")).to_contain_text("Terminated 1 process(es)")
         assert os_process_gone(sleep.pid)
         sleep.refresh_from_db()
@@ -140,8 +145,8 @@ def test_terminate_a_running_sleep_from_the_admin(admin_page, live_server, machi
         assert sleep.exit_code == 128 + 15
 
         open_admin(page, live_server, f"process/{sleep.pk}/change/")
-        expect(page.locator(".fieldBox.field-status")).to_contain_text("Exited")
-        expect(page.locator(".fieldBox.field-exit_code")).to_contain_text("143")
+        expect(page.locator(".fieldBox.field-status_badge")).to_contain_text("Exited")
+        expect(page.locator(".fieldBox.field-exit_code_badge .sm-badge-failed")).to_have_text("143")
         screenshot("31-process-terminated")
     finally:
         sleep.refresh_from_db()
@@ -160,5 +165,5 @@ def test_retry_a_binary(admin_page, live_server, rows, screenshot):
     assert binary.status == BinaryStatus.QUEUED
     assert binary.retry_at >= before
     row = page.locator("#result_list tr", has_text="/usr/bin/wget")
-    expect(row.locator(".field-status")).to_have_text("Queued")
+    expect(row.locator(".field-status_badge")).to_have_text("Queued")
     screenshot("40-binary-requeued")

@@ -31,9 +31,12 @@ class TaskMachine(BaseStateMachine):
         # The side effect and the state change commit in one transaction, guarded by the status: a
         # worker killed before the commit leaves no effect behind, so the retry after its claim
         # expires runs it exactly once, and a stale ticker could never add a second effect.
+        # It reads the row before writing, the everyday Django idiom (on SQLite select_for_update()
+        # is a plain read): with deferred transactions two workers doing this fail with "database
+        # is locked", which is what the app's IMMEDIATE transactions on SQLite prevent.
         with transaction.atomic():
-            moved = Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
-                status=TaskStatus.DONE, retry_at=None
-            )
-            if moved == 1:
-                Effect.objects.create(task=task, pid=os.getpid())
+            current = Task.objects.select_for_update().get(pk=task.pk)
+            if current.status != TaskStatus.QUEUED:
+                return
+            Task.objects.filter(pk=task.pk).update(status=TaskStatus.DONE, retry_at=None)
+            Effect.objects.create(task=task, pid=os.getpid())

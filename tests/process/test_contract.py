@@ -165,22 +165,24 @@ def test_hierarchy_helpers():
 # -- files, tail, pipe, records --------------------------------------------------------------------
 
 
-def test_runtime_files_of_plain_and_hook_processes(make_process, workdir):
+def test_runtime_files_of_plain_and_hook_processes(make_process, workdir, data_dir):
     plain = make_process(["echo", "hi"])
-    assert plain.runtime_dir == workdir
+    # Each row has its own folder under MACHINE_DATA_DIR, not pwd (see docs/compatibility.md).
+    assert plain.runtime_dir == data_dir / "processes" / str(plain.id)
     assert (plain.stdout_file.name, plain.stderr_file.name, plain.pid_file.name, plain.cmd_file.name) == (
         "stdout.log", "stderr.log", "process.pid", "cmd.sh",
     )  # fmt: skip
+    assert {p.parent for p in (plain.stdout_file, plain.stderr_file, plain.pid_file)} == {plain.runtime_dir}
     hook = make_process(
         [sys.executable, "/plugins/wget/on_Snapshot__50_wget.py", "--url=x"], process_type=ProcessType.HOOK
     )
     assert hook.hook_script_name == "on_Snapshot__50_wget.py"
-    assert hook.runtime_dir == workdir / ".hooks" / "on_Snapshot__50_wget.py"
+    assert hook.runtime_dir == data_dir / "processes" / str(hook.id)
     assert hook.hook_name == "" and hook.plugin == ""  # no downstream ArchiveResult
     assert plain.hook_script_name is None and plain.hook_name == ""
     hook.ensure_log_files()
     assert hook.stdout_file.exists() and hook.stderr_file.exists()
-    assert make_process(["x"], pwd="").runtime_dir is None
+    assert list(workdir.iterdir()) == []  # nothing written into the working directory
 
 
 def test_pid_file_lives_while_running_with_start_time_mtime(make_process):

@@ -82,7 +82,7 @@ def start_runner(subprocess_env, tmp_path) -> Callable[..., RunnerProcess]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> RunnerProcess:
         log = tmp_path / f"runworker-{len(started)}.log"
-        child_env = {**subprocess_env, "DATA_DIR": str(tmp_path / "data"), **(env or {})}
+        child_env = {**subprocess_env, **(env or {})}
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, str(ROOT / "manage.py"), "runworker", *args],

@@ -6,25 +6,27 @@ import json
 
 from django.core.management.base import BaseCommand
 
+from machine.management.tables import binary_rows
 from machine.models import Binary, Machine
-from machine.reporting import binaries_table
+from workers.console import Console
 
 
 class Command(BaseCommand):
-    help = "List the binaries recorded for this machine, newest first."
+    help = "List the binaries recorded for this machine (-v 2: also health, sha256 and id)."
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
         )
 
-    def handle(self, *, json: bool = False, **options):
+    def handle(self, *, verbosity, json: bool = False, **options):
         rows = Binary.objects.filter(machine=Machine.current()).order_by("name", "-modified_at")
         if json:
             for binary in rows:
                 self.stdout.write(_dumps(binary.to_json()))
-        else:
-            self.stdout.write(binaries_table(rows))
+            return
+        headers, table = binary_rows(rows, verbosity)
+        Console.for_command(self, "stdout", verbosity, **options).table(headers, table)
 
 
 def _dumps(record: dict) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 
 from machine import installer
 from machine.choices import BinaryStatus
-from machine.progress import LiveStatus
-from machine.reporting import binaries_table
+from machine.management.tables import binary_rows
+from workers.console import Console, configure_logging
 
 
 class Command(BaseCommand):
@@ -31,39 +32,38 @@ class Command(BaseCommand):
             "--json", action="store_true", help="Print JSONL records only (default: %(default)r)"
         )
 
-    def handle(self, *, names, binproviders, overrides, json: bool = False, **options):
+    def handle(self, *, names, binproviders, overrides, verbosity, json: bool = False, **options):
         try:
             request = installer.build_request(names, binproviders, overrides)
         except installer.InstallRequestError as err:
             raise CommandError(str(err), returncode=2) from None
-        status = LiveStatus(self.stderr._out)
-
-        def progress(event, binary, seconds):
-            if event == "start":
-                status.start(f"installing {binary.name} ({binary.binproviders})")
-            else:
-                if binary.status == BinaryStatus.INSTALLED:
-                    status.stop(
-                        f"ok   {binary.name} {binary.version} via {binary.binprovider} ({seconds:.1f}s)"
-                    )
-                else:
-                    reason = installer.failure_reason(binary) or "no allowed provider found it"
-                    status.stop(f"FAIL {binary.name} ({seconds:.1f}s): {reason}")
-
-        try:
-            results = installer.install(request, progress=progress)
-        finally:
-            status.stop()
+        configure_logging(verbosity, self.stderr._out)
+        progress = Console.for_command(self, "stderr", verbosity, **options)
+        results = []
+        for binary in installer.queue(request):
+            started = time.monotonic()
+            with progress.status(f"installing {binary.name} ({binary.binproviders})"):
+                result = installer.install_one(binary)
+            progress.line(_outcome(result, time.monotonic() - started))
+            results.append(result)
         if json:
             for binary in results:
                 self.stdout.write(_dumps(binary.to_json()))
         else:
-            self.stdout.write(binaries_table(results))
+            headers, rows = binary_rows(results, verbosity)
+            Console.for_command(self, "stdout", verbosity, **options).table(headers, rows)
         failed = [b.name for b in results if b.status != BinaryStatus.INSTALLED]
         if failed:
             raise CommandError(
                 f"not installed (still queued, retried later): {', '.join(failed)}", returncode=1
             )
+
+
+def _outcome(binary, seconds: float) -> str:
+    if binary.status == BinaryStatus.INSTALLED:
+        return f"ok   {binary.name} {binary.version} via {binary.binprovider} ({seconds:.1f}s)"
+    reason = installer.failure_reason(binary) or "no allowed provider found it"
+    return f"FAIL {binary.name} ({seconds:.1f}s): {reason}"
 
 
 def _dumps(record: dict) -> str:

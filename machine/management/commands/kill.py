@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from machine.models import Process
+from workers.console import Console
 
 
 class Command(BaseCommand):
@@ -20,13 +21,13 @@ class Command(BaseCommand):
             help="Seconds between SIGTERM and SIGKILL (default: %(default)r)",
         )
 
-    def handle(self, *, id: str | None, pid: int | None, grace: float, **options) -> None:
+    def handle(self, *, id: str | None, pid: int | None, grace: float, verbosity, **options) -> None:
         if (id is None) == (pid is None):
             raise CommandError("give exactly one of ID or --pid")
         try:
             process, killed = Process.kill_by_reference(row_id=id, pid=pid, graceful_timeout=grace)
         except (LookupError, ValueError) as exc:  # not ours, or another machine's row
             raise CommandError(str(exc)) from None
-        self.stdout.write(
+        Console.for_command(self, "stdout", verbosity, **options).line(
             f"Terminated {process.pid} ({killed} process(es) ended), exit code {process.exit_code}"
         )

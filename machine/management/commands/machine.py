@@ -7,16 +7,11 @@ import json
 from django.core.management.base import BaseCommand
 
 from machine.models import Machine, NetworkInterface
-
-
-def format_table(rows: list[tuple[str, object]]) -> str:
-    """Two aligned columns, one `key  value` pair a line."""
-    width = max((len(key) for key, _value in rows), default=0)
-    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+from workers.console import Console
 
 
 class Command(BaseCommand):
-    help = "Register this host (Machine + NetworkInterface) and print them."
+    help = "Register this host (Machine + NetworkInterface) and print them (-v 0: register only)."
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -28,18 +23,20 @@ class Command(BaseCommand):
             help="Re-detect the network interface now (default: %(default)r)",
         )
 
-    def handle(self, *, json: bool = False, refresh: bool = False, **options):
+    def handle(self, *, verbosity, json: bool = False, refresh: bool = False, **options):
         machine = Machine.current()
         interface = NetworkInterface.current(refresh=refresh)
         if json:
             for record in (machine.to_json(), interface.to_json()):
                 self.stdout.write(_dumps(record))
             return
-        self.stdout.write(self.style.MIGRATE_HEADING("Machine"))
-        self.stdout.write(format_table(_machine_rows(machine)))
-        self.stdout.write("")
-        self.stdout.write(self.style.MIGRATE_HEADING("Network interface"))
-        self.stdout.write(format_table(_interface_rows(interface)))
+        console = Console.for_command(self, "stdout", verbosity, **options)
+        console.pairs(_machine_rows(machine), title="Machine")
+        console.line()
+        console.pairs(_interface_rows(interface), title="Network interface")
+        if machine.stats:
+            console.line(level=2)
+            console.pairs(sorted(machine.stats.items()), title="Host stats", level=2)
 
 
 def _dumps(record: dict) -> str:

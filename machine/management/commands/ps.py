@@ -7,11 +7,13 @@ import json
 from django.core.management.base import BaseCommand
 
 from machine.choices import ProcessType
+from machine.management.tables import process_rows
 from machine.models import Process
+from workers.console import Console
 
 
 class Command(BaseCommand):
-    help = "List running processes tracked on this machine."
+    help = "List running processes tracked on this machine (-v 2: whole commands)."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
@@ -20,14 +22,15 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--json", action="store_true", help="One JSON object per line on stdout")
 
-    def handle(self, *, process_type: str | None, json: bool, **options) -> None:
+    def handle(self, *, process_type: str | None, json: bool, verbosity, **options) -> None:
         Process.cleanup_stale_running()  # so the list shows live processes, not rows of dead ones
         rows = Process.get_running(process_type).defer("stdout", "stderr").order_by("started_at")
         if json:
             for process in rows:
                 self.stdout.write(_dumps(process.to_json()))
             return
-        self.stdout.write(Process.format_table(rows))
+        headers, table = process_rows(rows, verbosity)
+        Console.for_command(self, "stdout", verbosity, **options).table(headers, table)
 
 
 def _dumps(record: dict) -> str:

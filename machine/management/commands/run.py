@@ -8,7 +8,6 @@ import os
 from django.core.management.base import BaseCommand, CommandError
 
 from machine.choices import ProcessType
-from machine.conf import machine_settings
 from machine.models import Process
 from machine.processes import ProcessInputError
 from workers.argtypes import non_negative_int
@@ -30,23 +29,20 @@ class Command(BaseCommand):
             command = command[1:]
         if not command:
             raise CommandError("nothing to run: use `manage.py run -- CMD ARGS...`")
+        workdir = os.path.abspath(cwd or os.getcwd())
         current = Process.current()
+        # Logs, pid file and cmd.sh go to the row's own folder under MACHINE_DATA_DIR
+        # (Process.runtime_dir), never into the directory the command runs in.
         process = Process(
             machine=current.machine,
             parent=current,
             cmd=command,
             timeout=timeout,
+            pwd=workdir,
             process_type=ProcessType.BINARY,
         )
-        # Logs, pid file and cmd.sh go to a directory of their own under DATA_DIR, not into the
-        # directory the command runs in.
-        process.pwd = str(machine_settings.data_dir / "processes" / str(process.id))
-        workdir = os.path.abspath(cwd or os.getcwd())
         try:
-            if not os.path.isdir(workdir):
-                raise ProcessInputError(f"working directory does not exist: {workdir!r}")
-            os.makedirs(process.pwd, exist_ok=True)
-            code = process.run_attached(self.stdout, self.stderr, cwd=workdir)
+            code = process.run_attached(self.stdout, self.stderr)
         except ProcessInputError as exc:
             raise CommandError(str(exc)) from None
         if code:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import logging
 import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
 from workers.argtypes import positive_int
-from workers.progress import ProgressPrinter
+from workers.console import Console, configure_logging
+from workers.progress import queue_progress
 from workers.runner import Orchestrator, RunnerOptions, Worker, driven_models
 
 
@@ -29,17 +29,6 @@ def model_labels(value: str) -> list[str]:
     if not labels:
         raise argparse.ArgumentTypeError("give at least one model label, e.g. machine.Binary")
     return labels
-
-
-def configure_logging(verbosity: int, stream) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
-    for name in ("workers", "machine", "hooks"):
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        logger.handlers = [handler]
-        logger.propagate = False
 
 
 class Command(BaseCommand):
@@ -91,16 +80,19 @@ class Command(BaseCommand):
             help="Seconds between heartbeats of the runner's Process rows (default: %(default)r)",
         )
         parser.add_argument(
-            "--progress", action="store_true", help="Show live queue counts on stderr (orchestrator only)"
+            "--progress",
+            action="store_true",
+            help="Show live queue counts on stderr (orchestrator only; not with -v 0)",
         )
         parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--parent-id", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *, verbosity, workers, until_idle, models, poll, lock_seconds, batch, grace, heartbeat,
-               progress, worker, parent_id, **_):  # fmt: skip
+               progress, worker, parent_id, **options):  # fmt: skip
+        # The project's LOGGING wins: only loggers it left alone get a handler on stderr at -v's level.
         configure_logging(verbosity, self.stderr._out)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
-        options = RunnerOptions(
+        runner_options = RunnerOptions(
             workers=workers,
             until_idle=until_idle,
             models=tuple(models),
@@ -109,15 +101,17 @@ class Command(BaseCommand):
             batch=batch,
             grace=grace,
             heartbeat=heartbeat,
+            verbosity=verbosity,
         )
         try:
-            chosen = driven_models(options.models)
+            chosen = driven_models(runner_options.models)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if worker:
-            code = Worker(options, parent_id=parent_id).run()
+            code = Worker(runner_options, parent_id=parent_id).run()
         else:
-            printer = ProgressPrinter(chosen, self.stderr._out) if progress else None
-            code = Orchestrator(options, progress=printer).run()
+            console = Console.for_command(self, "stderr", verbosity, **options)
+            printer = queue_progress(console, chosen) if progress and verbosity > 0 else None
+            code = Orchestrator(runner_options, progress=printer).run()
         if code:
             raise CommandError(f"runworker exited with {code}", returncode=code)

@@ -8,15 +8,16 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.argtypes import positive_int
-from workers.quickstart import (
+from machine.demo.quickstart import (
     ManifestError,
     default_manifest_path,
-    format_summary,
     load_manifest,
+    print_summary,
     quickstart,
     summary_records,
 )
+from workers.argtypes import positive_int
+from workers.console import Console, configure_logging
 
 
 class Command(BaseCommand):
@@ -27,7 +28,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--manifest", type=Path, default=None, help="Manifest JSON (default: demo/manifest.json)"
+            "--manifest",
+            type=Path,
+            default=None,
+            help="Manifest JSON (default: the bundled machine/demo/manifest.json)",
         )
         parser.add_argument(
             "--workers", type=positive_int, default=2, help="Worker processes (default: %(default)r)"
@@ -35,20 +39,22 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="No live progress display")
         parser.add_argument("--json", action="store_true", help="Print JSONL records only on stdout")
 
-    def handle(self, *, manifest, workers, no_progress, json: bool = False, verbosity, **_):
+    def handle(self, *, manifest, workers, no_progress, json: bool = False, verbosity, **options):
         try:
             loaded = load_manifest(manifest or default_manifest_path())
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
-        err = self.stderr._out
-        err.write("[0/2] migrating the database and registering this machine\n")
+        # The runner's log lines are detail under the progress lines: shown from -v 2.
+        configure_logging(max(verbosity - 1, 0), self.stderr._out)
+        progress = Console.for_command(self, "stderr", verbosity, **options)
+        progress.line("[0/2] migrating the database and registering this machine")
         call_command("migrate", interactive=False, verbosity=0)
-        result = quickstart(loaded, workers=workers, stream=err, show_progress=not no_progress)
+        result = quickstart(loaded, workers=workers, console=progress, show_progress=not no_progress)
         if json:
             for record in summary_records(result):
                 self.stdout.write(_dumps(record))
         else:
-            self.stdout.write(format_summary(result))
+            print_summary(Console.for_command(self, "stdout", verbosity, **options), result)
         if result.exit_code:
             raise CommandError(f"the runner exited with {result.exit_code}", returncode=result.exit_code)
 

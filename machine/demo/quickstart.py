@@ -12,11 +12,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from django.conf import settings
-
-from workers.progress import ProgressPrinter
+from machine.conf import machine_settings
+from machine.models import Binary, Machine, NetworkInterface, Process
+from machine.redaction import redact_cmd
+from workers.console import Console
+from workers.progress import queue_progress
 from workers.runner import Orchestrator, RunnerOptions, driven_models
 
 
@@ -32,7 +34,8 @@ class Manifest:
 
 
 def default_manifest_path() -> Path:
-    return Path(settings.BASE_DIR) / "demo" / "manifest.json"
+    """The manifest shipped with this app (package data), so an installed wheel has it too."""
+    return Path(__file__).resolve().parent / "manifest.json"
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -71,8 +74,6 @@ class QuickstartResult:
 
 def queue_binaries(manifest: Manifest, machine) -> tuple[list, list[str]]:
     """A Binary row per manifest entry: the installed one when there is one, else a queued request."""
-    from machine.models import Binary
-
     rows, reused = [], []
     for entry in manifest.binaries:
         installed = Binary.objects.get_valid_binary(entry["name"], machine=machine)
@@ -89,50 +90,53 @@ def queue_binaries(manifest: Manifest, machine) -> tuple[list, list[str]]:
 
 def queue_processes(manifest: Manifest, machine, binaries: list, run_dir: Path) -> list:
     """Queued Process rows: the manifest's commands, then `<abspath> --version` of each installed binary."""
-    from machine.models import Process
-
     commands: list[tuple[list[str], Any]] = [(item["cmd"], None) for item in manifest.processes]
     if manifest.version_checks:
         commands += [([b.abspath, "--version"], b) for b in binaries if b is not None and b.is_valid]
-    rows = []
-    for i, (cmd, binary) in enumerate(commands):
-        pwd = run_dir / f"{i:02d}"
-        pwd.mkdir(parents=True, exist_ok=True)
-        rows.append(
-            Process.objects.create(
-                machine=machine, cmd=cmd, pwd=str(pwd), timeout=60, binary=binary, process_type="binary"
-            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        Process.objects.create(
+            machine=machine, cmd=cmd, pwd=str(run_dir), timeout=60, binary=binary, process_type="binary"
         )
-    return rows
+        for cmd, binary in commands
+    ]
 
 
-def run_queue(labels: tuple[str, ...], workers: int, stream: TextIO, show_progress: bool) -> int:
+def run_queue(labels: tuple[str, ...], workers: int, console: Console, show_progress: bool) -> int:
     """Run the workers on these models until their queues are idle; return the runner's exit code."""
-    options = RunnerOptions(workers=workers, until_idle=True, models=labels, poll=0.1, heartbeat=2.0)
-    printer = ProgressPrinter(driven_models(labels), stream, interval=0.2) if show_progress else None
-    return Orchestrator(options, progress=printer).run()
+    options = RunnerOptions(
+        workers=workers,
+        until_idle=True,
+        models=labels,
+        poll=0.1,
+        heartbeat=2.0,
+        verbosity=max(console.verbosity - 1, 0),  # the workers' log lines: detail, from -v 2
+    )
+    progress = queue_progress(console, driven_models(labels), interval=0.2) if show_progress else None
+    return Orchestrator(options, progress=progress).run()
 
 
-def quickstart(manifest: Manifest, *, workers: int, stream: TextIO, show_progress: bool) -> QuickstartResult:
-    from machine.conf import machine_settings
-    from machine.models import Binary, Machine, NetworkInterface, Process
-
+def quickstart(
+    manifest: Manifest, *, workers: int, console: Console, show_progress: bool
+) -> QuickstartResult:
+    """Phase 1 installs the binaries, phase 2 runs the processes; progress goes to `console`."""
     started = time.monotonic()
     machine = Machine.current()
     iface = NetworkInterface.current()
     result = QuickstartResult(machine=machine, iface=iface)
 
     binaries, result.reused = queue_binaries(manifest, machine)
-    stream.write(f"[1/2] binaries: {len(binaries)} in the manifest, {len(result.reused)} already installed\n")
+    console.line(f"[1/2] binaries: {len(binaries)} in the manifest, {len(result.reused)} already installed")
     if len(result.reused) < len(binaries):  # nothing to install: no need to start the workers
-        result.exit_code = run_queue(("machine.Binary",), workers, stream, show_progress)
+        result.exit_code = run_queue(("machine.Binary",), workers, console, show_progress)
     result.binaries = [Binary.objects.get(pk=b.pk) for b in binaries if b is not None]
 
+    # One working directory for the whole run: each Process row keeps its logs in its own folder.
     run_dir = machine_settings.data_dir / "quickstart" / time.strftime("%Y%m%d-%H%M%S") / str(os.getpid())
     processes = queue_processes(manifest, machine, result.binaries, run_dir)
-    stream.write(f"[2/2] processes: {len(processes)} queued\n")
+    console.line(f"[2/2] processes: {len(processes)} queued")
     if not result.exit_code:
-        result.exit_code = run_queue(("machine.Process",), workers, stream, show_progress)
+        result.exit_code = run_queue(("machine.Process",), workers, console, show_progress)
     result.processes = [Process.objects.get(pk=p.pk) for p in processes]
     result.seconds = time.monotonic() - started
     return result
@@ -141,53 +145,49 @@ def quickstart(manifest: Manifest, *, workers: int, stream: TextIO, show_progres
 # -- the summary -----------------------------------------------------------------------------
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple]) -> str:
-    cells = [headers, *[tuple("-" if v in (None, "") else str(v) for v in row) for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
-
-
 def _duration(process) -> str:
     if process.started_at and process.ended_at:
         return f"{(process.ended_at - process.started_at).total_seconds():.2f}s"
     return ""
 
 
-def format_summary(result: QuickstartResult) -> str:
+def print_summary(console: Console, result: QuickstartResult) -> None:
+    """The machine, the binaries and the processes of the run, as tables."""
     m, iface = result.machine, result.iface
-    lines = [
-        f"Machine   {m.hostname} guid={m.guid[:12]} {m.os_platform} {m.os_arch}"
-        + (" docker" if m.hw_in_docker else "")
-        + (" vm" if m.hw_in_vm else ""),
-        f"Interface {iface.iface or '-'} ip_local={iface.ip_local or '-'} mac={iface.mac_address or '-'}",
-        "",
-        "Binaries",
-        _table(
-            ("NAME", "VERSION", "PROVIDER", "HEALTH", "STATUS", "ABSPATH"),
-            [
-                (
-                    b.name,
-                    b.version,
-                    b.binprovider,
-                    f"{b.health}%",
-                    b.status + (" (reused)" if b.name in result.reused else ""),
-                    b.abspath,
-                )
-                for b in result.binaries
-            ],
-        ),  # fmt: skip
-        "",
-        "Processes",
-        _table(
-            ("COMMAND", "EXIT", "DURATION", "STATUS"),
-            [(" ".join(p.cmd)[:60], p.exit_code, _duration(p), p.status) for p in result.processes],
-        ),
-        "",
-        f"Done in {result.seconds:.1f}s",
-    ]
-    return "\n".join(lines)
+    flags = " ".join(name for name, on in (("docker", m.hw_in_docker), ("vm", m.hw_in_vm)) if on)
+    console.pairs(
+        [
+            ("Machine", f"{m.hostname} guid={m.guid[:12]} {m.os_platform} {m.os_arch} {flags}".rstrip()),
+            (
+                "Interface",
+                f"{iface.iface or '-'} ip_local={iface.ip_local or '-'} mac={iface.mac_address or '-'}",
+            ),
+        ]
+    )
+    console.line()
+    console.table(
+        ("NAME", "VERSION", "PROVIDER", "HEALTH", "STATUS", "ABSPATH"),
+        [
+            (
+                b.name,
+                b.version,
+                b.binprovider,
+                f"{b.health}%",
+                b.status + (" (reused)" if b.name in result.reused else ""),
+                b.abspath,
+            )
+            for b in result.binaries
+        ],
+        title="Binaries",
+    )
+    console.line()
+    console.table(
+        ("COMMAND", "EXIT", "DURATION", "STATUS"),
+        [(" ".join(redact_cmd(p.cmd))[:60], p.exit_code, _duration(p), p.status) for p in result.processes],
+        title="Processes",
+    )
+    console.line()
+    console.line(f"Done in {result.seconds:.1f}s")
 
 
 def summary_records(result: QuickstartResult) -> list[dict]:

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.runner.conftest import ROOT
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
