@@ -10,9 +10,11 @@ What `sealed` holds follows the row's status (an invariant every write keeps):
 
 - QUEUED: the launch material, `{"argv": [...], "env": {...}}`, re-sealed on every save from the
   row's real values (`SealedField.pre_save`);
-- RUNNING: at most the values to mask, `{"mask": [...]}` (the caller's secrets only, never the
-  worker's own environment), so any process that reads the live logs or closes the row can mask
-  them by value; `wipe_sealed(process, keep_mask_values=False)` drops even that;
+- RUNNING: at most the values to mask, `{"mask": [...]}` (the secret values the child can see: the
+  caller's, and those it inherited from the launching process), so any process that reads the live
+  logs or closes the row can mask them by value while a child writes its log files itself;
+  `wipe_sealed(process, keep_mask_values=False)` drops even that (for a launcher that masks the
+  output as it is written, see redaction.Scrubber);
 - EXITED: nothing (NULL): every close path clears it.
 
 At launch, `unseal_for_launch(process)` gives the argv and env overlay the child must get, or
@@ -177,23 +179,24 @@ def _has_secrets(argv: Sequence[str], env: Mapping[str, Any]) -> bool:
 
 
 def _mask_payload(process) -> dict[str, Any] | None:
-    material = process.__dict__.get("_launch_material")
-    if material is None:
+    """{"mask": [...]}: what a launch made here gave the child (its own secrets and the secret values
+    it inherited from this process), else the row's own; None when there is nothing to mask."""
+    values = process.__dict__.get("_launch_mask_values")
+    if values is None:
         argv, env, unresolved, _why = _resolve(process)
         if unresolved:
             return None
-    else:
-        argv, env = material
-    values = secret_values(argv, env, None)  # the caller's secrets only, never the worker's env
-    return {"mask": values} if values else None
+        values = secret_values(argv, env, None)
+    return {"mask": list(values)} if values else None
 
 
 def wipe_sealed(process, *, keep_mask_values: bool = True) -> None:
     """After the spawn: drop the launch material from the row (one UPDATE; the instance follows).
 
-    With `keep_mask_values` the row keeps, sealed, only the caller's secret values, so whoever
-    reads its live logs or closes it can mask them (needed while children write their log files
-    themselves); without, the column becomes NULL. The instance keeps its real values in memory.
+    With `keep_mask_values` the row keeps, sealed, only the secret values the child can see (no
+    argv, no env), so whoever reads its live logs or closes it can mask them (needed while children
+    write their log files themselves); without, the column becomes NULL. The instance keeps its real
+    values in memory.
     """
     payload = _mask_payload(process) if keep_mask_values else None
     token = seal(payload) if payload else None

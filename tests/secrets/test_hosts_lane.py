@@ -95,10 +95,10 @@ def test_cleanup_and_ps_commands_only_judge_this_host(host_b, capsys):
     assert str(row.pk) not in capsys.readouterr().out
 
 
-def _action(client, action, rows):
+def _action(client, action, rows, **confirm):
     return client.post(
         reverse("admin:machine_process_changelist"),
-        {"action": action, "_selected_action": [str(r.pk) for r in rows]},
+        {"action": action, "_selected_action": [str(r.pk) for r in rows], **confirm},
         follow=True,
     )
 
@@ -115,7 +115,7 @@ def test_admin_actions_refuse_another_hosts_rows(admin_client, host_b, data_dir)
     gone.refresh_from_db()
     assert remote.status == ProcessStatus.RUNNING and gone.status == ProcessStatus.EXITED
 
-    response = _action(admin_client, "terminate_processes", [remote])
+    response = _action(admin_client, "terminate_processes", [remote], post="yes")
     (message,) = [str(m) for m in response.context["messages"]]
     assert "belongs to machine host-b; terminate it on that host" in message
     remote.refresh_from_db()

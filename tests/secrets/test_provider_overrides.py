@@ -161,8 +161,10 @@ def test_a_credential_in_a_stored_override_is_masked_at_rest_and_never_run(lib_d
     assert not binary.hook_processes().exists()  # no hook ran
     page = admin_client.get(reverse("admin:machine_binary_change", args=[binary.pk])).content.decode()
     assert INDEX_SECRET not in page
+    assert 'name="overrides"' not in page  # holding the mask: read-only (saving it would store the mask)
+    clean = Binary.objects.create(machine=Machine.current(), name="other", binproviders="pip")
     response = admin_client.post(
-        reverse("admin:machine_binary_change", args=[binary.pk]),
+        reverse("admin:machine_binary_change", args=[clean.pk]),
         {
             "binproviders": "pip",
             "overrides": json.dumps({"pip": {"install_args": ["--target=/x", "cowsay"]}}),
