@@ -174,11 +174,10 @@ class _Found:
             self.values.append(value)
 
     def add_pair(self, user: str, password: str) -> None:
-        """A user:password pair: the password, the pair, and the pair as HTTP Basic carries it."""
+        """A user:password pair: the password, and the pair as an HTTP Basic header carries it."""
         self.add(password)
         if self.values is not None and user and not _is_masked(password):
             pair = f"{unquote(user)}:{unquote(password)}"
-            self.add(pair)
             self.add(base64.b64encode(pair.encode()).decode())
 
 

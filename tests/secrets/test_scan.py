@@ -51,6 +51,8 @@ S = {
     "auth": "auth-Value-0017xyz",
     "credentials": "creds-Value-0018xyz",
     "passphrase": "phrase-Value-0019xyz",
+    "inherited_pg": "pg-Inherit-0020xyz",
+    "inherited_github": "ghp_WorkerTok3n0021",
 }
 BASIC = base64.b64encode(f"user:{S['curl_user']}".encode()).decode()
 FORBIDDEN = [*S.values(), BASIC]
@@ -60,7 +62,7 @@ FORBIDDEN = [*S.values(), BASIC]
 CHILD = """
 import base64, hashlib, json, os, pathlib, sys, time
 keys = ["GITHUB_TOKEN", "SESSION_ID", "DATABASE_URL", "CONFIG", "MYSQL_PWD", "HTTP_AUTHORIZATION", "AUTH",
-        "CREDENTIALS", "PASSPHRASE", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY"]
+        "CREDENTIALS", "PASSPHRASE", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY", "PGPASSWORD"]
 for key in keys:
     print(f"{key} is {os.environ.get(key, '')}")
     print(f"{key} is {os.environ.get(key, '')}", file=sys.stderr)
@@ -93,7 +95,13 @@ CALLER_ENV = {
     "OPENAI_API_KEY": None,
     "PLAIN": "visible",
 }
-INHERITED = {"AWS_SECRET_ACCESS_KEY": S["inherited_aws"], "OPENAI_API_KEY": S["inherited_openai"]}
+#: The worker's own environment: inherited by its children, and its GITHUB_TOKEN never replaces the caller's.
+INHERITED = {
+    "AWS_SECRET_ACCESS_KEY": S["inherited_aws"],
+    "OPENAI_API_KEY": S["inherited_openai"],
+    "PGPASSWORD": S["inherited_pg"],
+    "GITHUB_TOKEN": S["inherited_github"],
+}
 ARGV_FORMS = [
     "-u", f"user:{S['curl_user']}",
     "-H", f"Authorization: Bearer {S['bearer']}",
