@@ -32,25 +32,15 @@ def _env_text(value) -> str:
     return json.dumps(value, default=str)
 
 
-def _mask_positions_in(data: bytes) -> bytes:
-    return mask_text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-
-
 def _masked_chunks(handle, scrubber: Scrubber, chunk_size: int) -> Iterator[bytes]:
     with handle:
-        pending = b""
         for block in iter(lambda: handle.read(chunk_size), b""):
-            data = pending + scrubber.feed(block)
-            cut = data.rfind(b"\n") + 1
-            if not cut and len(data) < 4 * chunk_size:
-                pending = data  # wait for the end of the line (a bounded wait)
-                continue
-            cut = cut or len(data)
-            pending = data[cut:]
-            yield _mask_positions_in(data[:cut])
-        rest = pending + scrubber.flush()
+            masked = scrubber.feed(block)
+            if masked:
+                yield masked
+        rest = scrubber.flush()
         if rest:
-            yield _mask_positions_in(rest)
+            yield rest
 
 
 class ProcessFilesMixin:
@@ -171,11 +161,11 @@ class ProcessFilesMixin:
     def masked_log(self, stream: str = "stdout", chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         """The whole log file, masked, in chunks of about `chunk_size` (memory stays bounded).
 
-        Known secret values are masked across chunk boundaries (redaction.Scrubber), the positional
-        rules line by line. Opens the file at once (FileNotFoundError/OSError here, not later).
+        Known secret values are masked across chunk boundaries, the positional rules line by line
+        (redaction.Scrubber). Opens the file at once (FileNotFoundError/OSError here, not later).
         """
         handle = open(self._stream_file(stream), "rb")  # noqa: SIM115  (closed by the generator)
-        return _masked_chunks(handle, Scrubber(self.mask_values()), chunk_size)
+        return _masked_chunks(handle, Scrubber(self.mask_values(), max_line=4 * chunk_size), chunk_size)
 
     def tail_stdout(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
         return self.tail("stdout", lines, follow)

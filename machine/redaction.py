@@ -487,27 +487,46 @@ def secret_values(
 
 
 class Scrubber:
-    """Mask secret values in a byte stream, chunk by chunk, in constant memory.
+    """Mask secrets in a byte stream, chunk by chunk, in bounded memory.
 
-    `feed(data)` returns what can be passed on now; it holds back the last len(longest secret) - 1
-    bytes, so a secret split across chunks is still caught; `flush()` returns the rest at the end.
-    The secrets are matched by value (as given: pass `secret_values()`, which already holds the
-    percent-encoded, JSON-escaped and Basic-auth forms), longest first.
+    `feed(data)` returns what can be passed on now, `flush()` the rest once the stream has ended.
+    Known secret values (pass `secret_values()`: it already holds their percent-encoded,
+    JSON-escaped and Basic-auth forms) are replaced wherever they appear, longest first, also when a
+    secret is split across chunks: the last len(longest secret) - 1 bytes are held back until the
+    next chunk shows how they go on.
+
+    With `positions=True` (the default) the positional rules of mask_text() are applied too, to
+    whole lines: output is held until its line ends (\n or \r), or until `max_line` bytes are held (a longer
+    line is masked in pieces). So the stream comes out as mask_text() would give it, and the memory
+    held stays below len(longest secret) + `max_line`.
     """
 
-    def __init__(self, secrets: Iterable[str]):
+    def __init__(self, secrets: Iterable[str], *, positions: bool = True, max_line: int = 64 * 1024):
         usable = _usable(secrets)
         encoded = sorted({s.encode() for s in usable}, key=lambda b: (-len(b), b))
         self._pattern = re.compile(b"|".join(re.escape(s) for s in encoded)) if encoded else None
         self._hold = max((len(s) for s in encoded), default=1) - 1
         self._mask = MASK.encode()
         self._pending = b""
+        self._positions = positions
+        self._max_line = max(1, max_line)
+        self._line = b""
 
     def feed(self, data: bytes) -> bytes:
         """The masked bytes that are final now (possibly b"")."""
+        return self._lines(self._values(bytes(data)), final=False)
+
+    def flush(self) -> bytes:
+        """The held-back tail, masked (the stream has ended)."""
+        buffer, self._pending = self._pending, b""
+        if self._pattern is not None and buffer:
+            buffer = self._pattern.sub(self._mask, buffer)
+        return self._lines(buffer, final=True)
+
+    def _values(self, data: bytes) -> bytes:
         if self._pattern is None:
-            return bytes(data)
-        buffer = self._pending + bytes(data)
+            return data
+        buffer = self._pending + data
         # A match starting before `safe_end` is complete: the longest secret starting there fits.
         safe_end = len(buffer) - self._hold
         out, position = [], 0
@@ -522,12 +541,19 @@ class Scrubber:
         self._pending = buffer[cut:]
         return b"".join(out)
 
-    def flush(self) -> bytes:
-        """The held-back tail, masked (the stream has ended)."""
-        buffer, self._pending = self._pending, b""
-        if self._pattern is None or not buffer:
-            return buffer
-        return self._pattern.sub(self._mask, buffer)
+    def _lines(self, data: bytes, *, final: bool) -> bytes:
+        if not self._positions:
+            return data
+        buffer = self._line + data
+        # (a carriage return ends a line too: progress bars redraw with \r and must not stall)
+        cut = len(buffer) if final else max(buffer.rfind(b"\n"), buffer.rfind(b"\r")) + 1
+        if not cut and len(buffer) >= self._max_line:
+            cut = len(buffer)  # an endless line: masked in pieces rather than held forever
+        self._line = buffer[cut:]
+        if not cut:
+            return b""
+        text = buffer[:cut].decode("utf-8", "surrogateescape")
+        return _mask_positions(text, _Found(False)).encode("utf-8", "surrogateescape")
 
 
 # -- older names (callers from before the one rule) -----------------------------------------------

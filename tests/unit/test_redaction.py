@@ -213,8 +213,8 @@ def test_masked_command_still_shell_quotes():
 # -- the streaming scrubber ----------------------------------------------------------------------
 
 
-def _scrub(secrets, chunks):
-    scrubber = Scrubber(secrets)
+def _scrub(secrets, chunks, **options):
+    scrubber = Scrubber(secrets, **options)
     return b"".join(scrubber.feed(chunk) for chunk in chunks) + scrubber.flush()
 
 
@@ -222,9 +222,10 @@ def test_scrubber_catches_a_secret_split_across_chunks():
     secret = "s3cr3t-value-42"
     data = f"before {secret} middle {secret}after".encode()
     expected = f"before {MASK} middle {MASK}after".encode()
-    for cut in range(1, len(data)):
-        assert _scrub([secret], [data[:cut], data[cut:]]) == expected
-    assert _scrub([secret], [bytes([b]) for b in data]) == expected  # one byte at a time
+    for positions in (False, True):
+        for cut in range(1, len(data)):
+            assert _scrub([secret], [data[:cut], data[cut:]], positions=positions) == expected
+        assert _scrub([secret], [bytes([b]) for b in data], positions=positions) == expected  # byte by byte
 
 
 def test_scrubber_prefers_the_longest_secret_and_matches_mask_text():
@@ -238,20 +239,38 @@ def test_scrubber_prefers_the_longest_secret_and_matches_mask_text():
         cuts = sorted(rng.sample(range(len(data) + 1), k=min(len(data), rng.randint(0, 8))))
         chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         want = re.sub("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True)), MASK, text)
-        assert _scrub(secrets, chunks) == want.encode()
+        assert _scrub(secrets, chunks, positions=False) == want.encode()
 
 
 def test_scrubber_holds_back_only_what_could_start_a_secret():
-    scrubber = Scrubber(["0123456789"])
+    scrubber = Scrubber(["0123456789"], positions=False)
     assert scrubber.feed(b"a" * 100) == b"a" * 91  # 9 bytes held back
     assert scrubber.feed(b"01234") == b"a" * 5
     assert scrubber.feed(b"56789 tail") == b"aaaa" + MASK.encode()
     assert scrubber.flush() == b" tail"
-    assert Scrubber([]).feed(b"as is") == b"as is" and Scrubber(["ab"]).feed(b"ab") == b"ab"  # too short
+    assert Scrubber([], positions=False).feed(b"as is") == b"as is"
+    assert Scrubber(["ab"], positions=False).feed(b"ab") == b"ab"  # too short to mask by value
 
 
-def test_scrubber_memory_is_bounded_by_the_longest_secret():
-    scrubber = Scrubber(["q" * 40])
-    for _ in range(1000):
-        scrubber.feed(b"x" * 4096)
-        assert len(scrubber._pending) <= 39
+def test_scrubber_memory_is_bounded_by_the_longest_secret_and_the_line_limit():
+    scrubber = Scrubber(["q" * 40], max_line=10_000)
+    out = 0
+    for _ in range(1000):  # one endless line
+        out += len(scrubber.feed(b"x" * 4096))
+        assert len(scrubber._pending) <= 39 and len(scrubber._line) < 10_000 + 4096
+    assert out + len(scrubber.flush()) == 4096 * 1000
+
+
+def test_scrubber_applies_the_positional_rules_to_whole_lines_like_mask_text():
+    text = (
+        "starting\n> Authorization: Bearer abcdefghijkl\nexport DB_PASSWORD=hunter2\n"
+        "GET https://bob:pw-in-url@h/ 200\nknown secret-value-77 here\nno newline at the end --token tail"
+    )
+    secrets = ["secret-value-77"]
+    data = text.encode()
+    rng = random.Random(5)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(data)), k=rng.randint(0, 12)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert _scrub(secrets, chunks).decode() == mask_text(text, secrets)
+    assert b"abcdefghijkl" not in _scrub([], [data]) and b"hunter2" not in _scrub([], [data])
