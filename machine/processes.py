@@ -486,8 +486,8 @@ class ProcessMixin(ProcessFilesMixin):
         # The child's environment is _build_env(); process_utils only adds the launch marker.
         child_env = self._build_env(env_overlay)
         spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False)
-        # The child has its secrets: the row keeps at most the values to mask, sealed.
-        sealing.wipe_sealed(self)
+        # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
+        sealing.wipe_sealed(self, save=False)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time

@@ -190,20 +190,21 @@ def _mask_payload(process) -> dict[str, Any] | None:
     return {"mask": list(values)} if values else None
 
 
-def wipe_sealed(process, *, keep_mask_values: bool = True) -> None:
+def wipe_sealed(process, *, keep_mask_values: bool = True, save: bool = True) -> None:
     """After the spawn: drop the launch material from the row (one UPDATE; the instance follows).
 
     With `keep_mask_values` the row keeps, sealed, only the secret values the child can see (no
     argv, no env), so whoever reads its live logs or closes it can mask them (needed while children
-    write their log files themselves); without, the column becomes NULL. The instance keeps its real
-    values in memory.
+    write their log files themselves); without, the column becomes NULL. `save=False` only sets the
+    instance (for a caller that saves the row next). The instance keeps its real values in memory.
     """
     payload = _mask_payload(process) if keep_mask_values else None
     token = seal(payload) if payload else None
+    unchanged = token is None and process.sealed is None
     if token is not None:
         process.__dict__["_sealed_cache"] = (token, payload)
     process.sealed = token
-    if process.pk is not None and not process._state.adding:
+    if save and not unchanged and process.pk is not None and not process._state.adding:
         type(process)._default_manager.filter(pk=process.pk).update(sealed=token)
 
 
