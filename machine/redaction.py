@@ -128,6 +128,7 @@ def _is_secret_header(name: str) -> bool:
     return lower in SECRET_HEADERS or ("-" in name and "_" not in name and is_secret_key(name))
 
 
+@functools.lru_cache(maxsize=4096)
 def _option_takes_secret(option: str) -> bool:
     """`--password`, `--api-key`, `-token`: an option whose next argument is a secret."""
     if not option.startswith("-") or option.startswith("---") or "=" in option:
@@ -224,6 +225,17 @@ def _collect_basic(token: str, found: _Found) -> None:
 
 def _mask_positions(text: str, found: _Found) -> str:
     """Apply every positional rule to one piece of text."""
+    lowered = text.lower()  # (a case-sensitive scan of the lowered text is ~10x faster)
+    if len(lowered) != len(text):  # (a few characters change length when lowered)
+        lowered, gate = text, _GATE_ANY_CASE
+    else:
+        gate = _GATE
+    if gate.search(lowered) is None:
+        return text  # most text: no rule can match, nothing more to do
+    return _apply_positions(text, lowered, gate, found)
+
+
+def _apply_positions(text: str, lowered: str, gate: re.Pattern, found: _Found) -> str:
 
     def url(match: re.Match) -> str:
         user, password = match["user"], match["password"]
@@ -283,9 +295,7 @@ def _mask_positions(text: str, found: _Found) -> str:
     # The rules only ever fire on a line holding one of the _GATE words: only those lines are
     # looked at (a large log of ordinary output costs one scan, not six).
     pieces, done = [], 0
-    lowered = text.lower()  # (a case-sensitive scan of the lowered text is ~10x faster)
-    hits = _GATE.finditer(lowered) if len(lowered) == len(text) else _GATE_ANY_CASE.finditer(text)
-    for hit in hits:
+    for hit in gate.finditer(lowered):
         if hit.start() < done:
             continue
         start = text.rfind("\n", 0, hit.start()) + 1

@@ -232,12 +232,18 @@ def mask_values(process, *, inherited: Mapping[str, Any] | None = None) -> list[
 
 def environ_secret_values() -> list[str]:
     """secret_values() of this process's environment (worked out once per distinct environment)."""
-    return list(_environ_secret_values(frozenset(os.environ.items())))
+    # os.environ decodes every entry when iterated; its raw bytes are ~50x cheaper to compare.
+    raw = getattr(os.environ, "_data", None)
+    items = frozenset(raw.items()) if isinstance(raw, dict) else frozenset(os.environ.items())
+    return list(_environ_secret_values(items))
 
 
 @functools.lru_cache(maxsize=4)
 def _environ_secret_values(items: frozenset) -> tuple[str, ...]:
-    return tuple(secret_values(None, None, dict(items)))
+    def text(value) -> str:
+        return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+
+    return tuple(secret_values(None, None, {text(key): text(value) for key, value in items}))
 
 
 def sealed_for_save(process) -> str | None:
