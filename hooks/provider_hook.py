@@ -72,6 +72,8 @@ from abxpkg import (
     SemVer,
 )
 
+from hooks.overrides import OverrideError, check_install_args
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "EXIT_FAILED",
@@ -229,6 +231,10 @@ def parse_overrides(raw: str | None, provider_name: str) -> dict:
                 or not all(isinstance(arg, str) and arg.strip() and "\0" not in arg for arg in value)
             ):
                 raise HookError(EXIT_UNUSABLE, f"{where} must be a non-empty list of strings")
+            try:
+                check_install_args(provider_name, value, key)
+            except OverrideError as err:
+                raise HookError(EXIT_UNUSABLE, str(err)) from None
             clean[key] = [str(arg) for arg in value]
         elif key == "version":
             if not isinstance(value, str) or not value.strip():
@@ -496,6 +502,25 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+#: Installer settings read from the environment that would install outside the lib dir.
+LOCATION_ENV = {
+    "pip": ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PIP_USER", "PIP_SRC", "PIP_EDITABLE", "PIP_REQUIREMENT",
+            "PIP_CONSTRAINT", "PIP_CACHE_DIR"),
+    "npm": ("NPM_CONFIG_PREFIX", "NPM_CONFIG_GLOBAL", "NPM_CONFIG_LOCATION", "NPM_CONFIG_USERCONFIG",
+            "NPM_CONFIG_GLOBALCONFIG"),
+}  # fmt: skip
+
+
+def _confine_installer_env(provider_name: str) -> None:
+    """Drop the installer's location settings inherited from the environment (any case: npm reads
+    `npm_config_prefix` too): installs go to the lib dir only. The index/registry is the worker's
+    own configuration unless the caller set it explicitly (MACHINE_PIP_INDEX_URL/MACHINE_NPM_REGISTRY)."""
+    names = set(LOCATION_ENV.get(provider_name, ()))
+    for key in list(os.environ):
+        if key.upper() in names:
+            del os.environ[key]
+
+
 def _kill_descendants() -> None:
     """SIGKILL every process this hook started, grandchildren included.
 
@@ -534,6 +559,7 @@ def main(provider_name: str, argv: list[str] | None = None) -> int:
         # Never let abxpkg bootstrap a missing installer (npm, pip, ...) through another package
         # manager: look installers up on PATH only. And no debconf prompts for apt.
         os.environ["ABXPKG_BINPROVIDERS"] = "env"
+        _confine_installer_env(provider_name)
         os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
         abxpkg_logger = logging.getLogger("abxpkg")
         if not any(isinstance(h, _StderrHandler) for h in abxpkg_logger.handlers):

@@ -9,6 +9,7 @@ are redacted again at display time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from django import forms
@@ -17,15 +18,18 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+from django.db.models.constants import LOOKUP_SEP
+from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
+from hooks.overrides import override_problems
 from machine import installer
 from machine.admin_helpers import (
+    REDACTED,
     TAIL_LINES,
     config_problems,
     exit_code_kind,
@@ -44,6 +48,7 @@ from machine.admin_helpers import (
 from machine.choices import BinaryStatus, ProcessStatus
 from machine.conf import machine_settings
 from machine.models import Binary, Machine, NetworkInterface, Process, _sanitize_machine_config
+from machine.redaction import mask_text
 from workers.admin import QueueStateFilter, StateMachineAdminMixin, badge
 
 #: Related processes listed on one page (newest first); the changelist link shows them all.
@@ -74,6 +79,11 @@ def _pre(text: str) -> str:
 
 def _json_block(value) -> str:
     return _pre(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _holds_secret(value) -> bool:
+    """A secret, or the mask a secret was stored as: shown read-only (saving it back would store the mask)."""
+    return redact_nested(value)[1] or REDACTED in json.dumps(value, default=str)
 
 
 def _process_table(processes, empty: str) -> str:
@@ -131,6 +141,31 @@ def _output_tail(tail, stored: str) -> str:
     return text or "\n".join((stored or "").splitlines()[-TAIL_LINES:])
 
 
+class ListedLookupsOnly:
+    """Query-string filters only on the fields the page offers (its list_filter, and `lookup_links`).
+
+    Django allows a lookup on any local field by default (`?stdout__contains=...`, `?env__...`):
+    each such request is an oracle that lets a view-only user recover a stored value one character
+    at a time. Here only the filters the page itself offers are accepted.
+    """
+
+    #: First segments of the lookups the app's own links use (`binary__id__exact=...`).
+    lookup_links: tuple[str, ...] = ()
+
+    def lookup_allowed(self, lookup, value, request=None):
+        offered = set(self.lookup_links)
+        for item in self.get_list_filter(request) if request is not None else self.list_filter:
+            if isinstance(item, str):
+                offered.add(item.split(LOOKUP_SEP, 1)[0])
+            elif isinstance(item, (list, tuple)):
+                offered.add(str(item[0]).split(LOOKUP_SEP, 1)[0])
+            else:
+                offered.add(getattr(item, "parameter_name", ""))
+        if lookup.split(LOOKUP_SEP, 1)[0] not in offered:
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+
 class ReadOnlyInlineMixin:
     extra = 0
     can_delete = False
@@ -147,17 +182,46 @@ class ReadOnlyInlineMixin:
 
 
 class MachineConfigForm(forms.ModelForm):
+    """The config, shown with its secrets masked; a value left masked keeps the stored one."""
+
     class Meta:
         model = Machine
         fields = ["config"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None and isinstance(self.instance.config, dict):
+            self.initial["config"] = redact_nested(self.instance.config)[0]
+
     def clean_config(self):
         """Accept only what the contract's sanitiser keeps, and say why anything else is refused."""
-        config = self.cleaned_data.get("config")
+        config = _keep_masked(self.cleaned_data.get("config"), self.instance.config)
         problems = config_problems(config)
         if problems:
             raise ValidationError(problems)
         return _sanitize_machine_config(config, lib_dir=machine_settings.lib_dir)
+
+
+def _keep_masked(new, old):
+    """`new` with every value still equal to the mask replaced by the stored value at the same place."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {key: old[key] if value == REDACTED and key in old else _keep_masked(value, old.get(key))
+                for key, value in new.items()}  # fmt: skip
+    return new
+
+
+class BinaryRequestForm(forms.ModelForm):
+    class Meta:
+        model = Binary
+        fields = ["binproviders", "overrides"]
+
+    def clean_overrides(self):
+        """Only what the providers' allow-list accepts (hooks.overrides): refused here, before any run."""
+        overrides = self.cleaned_data.get("overrides")
+        problems = override_problems(overrides)
+        if problems:
+            raise ValidationError(problems)
+        return overrides
 
 
 class NetworkInterfaceInline(ReadOnlyInlineMixin, admin.TabularInline):
@@ -168,7 +232,7 @@ class NetworkInterfaceInline(ReadOnlyInlineMixin, admin.TabularInline):
 
 
 @admin.register(Machine)
-class MachineAdmin(admin.ModelAdmin):
+class MachineAdmin(ListedLookupsOnly, admin.ModelAdmin):
     form = MachineConfigForm
     list_display = [
         "hostname",
@@ -284,7 +348,7 @@ class MachineAdmin(admin.ModelAdmin):
 
 
 @admin.register(NetworkInterface)
-class NetworkInterfaceAdmin(admin.ModelAdmin):
+class NetworkInterfaceAdmin(ListedLookupsOnly, admin.ModelAdmin):
     list_display = [
         "iface",
         "ip_local",
@@ -381,7 +445,8 @@ class BinaryInstallForm(forms.Form):
 
 
 @admin.register(Binary)
-class BinaryAdmin(StateMachineAdminMixin, admin.ModelAdmin):
+class BinaryAdmin(ListedLookupsOnly, StateMachineAdminMixin, admin.ModelAdmin):
+    form = BinaryRequestForm
     list_display = [
         "name",
         "binprovider",
@@ -450,7 +515,7 @@ class BinaryAdmin(StateMachineAdminMixin, admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         """Overrides holding a secret-looking key are shown redacted and read-only, never in a textarea."""
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is None or not redact_nested(obj.overrides)[1]:
+        if obj is None or not _holds_secret(obj.overrides):
             return fieldsets
         swap = {"overrides": "overrides_redacted"}
         return [
@@ -459,7 +524,7 @@ class BinaryAdmin(StateMachineAdminMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
-        if obj is not None and redact_nested(obj.overrides)[1]:
+        if obj is not None and _holds_secret(obj.overrides):
             fields.append("overrides_redacted")
         return fields
 
@@ -532,7 +597,8 @@ def _queued_message(binary) -> str:
 
 
 @admin.register(Process)
-class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
+class ProcessAdmin(ListedLookupsOnly, StateMachineAdminMixin, admin.ModelAdmin):
+    lookup_links = ("binary", "parent")
     list_display = [
         "short_id",
         "command",
@@ -549,7 +615,10 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
     ]
     list_display_links = ["short_id"]
     list_filter = ["status", QueueStateFilter, "process_type", "machine", "worker_type"]
-    search_fields = ["=pid", "cmd", "pwd", "worker_type", "url", "binary__name"]
+    #: Only columns that never hold a secret in clear: the masked command, the pid, types, the binary's
+    #: name. Never stdout/stderr/env/url: a search is an oracle (a view-only user could recover a value
+    #: one character at a time), so is any filter in the query string (see lookup_allowed).
+    search_fields = ["=pid", "cmd", "=process_type", "worker_type", "binary__name"]
     list_select_related = ["machine", "binary", "parent"]
     ordering = ["-created_at"]
     actions = ["terminate_processes", "cleanup_stale"]
@@ -567,7 +636,7 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
         ),
         ("OS process", {"fields": [("pid", "os_alive"), ("started_at", "ended_at", "duration"), "timeout"]}),
         ("Process tree", {"fields": ["process_tree"]}),
-        ("Relations", {"fields": ["machine_link", "binary_link", "iface", "url"]}),
+        ("Relations", {"fields": ["machine_link", "binary_link", "iface", "url_display"]}),
         ("Environment", {"fields": ["pwd", "env_display"]}),
         ("Output", {"fields": ["stdout_tail", "stderr_tail"]}),
         (None, {"fields": ["id", "created_at", "modified_at"]}),
@@ -590,7 +659,7 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
         "machine_link",
         "binary_link",
         "iface",
-        "url",
+        "url_display",
         "pwd",
         "env_display",
         "stdout_tail",
@@ -669,9 +738,13 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
     def command(self, obj):
         return format_html("<code>{}</code>", Truncator(shell_command(obj.cmd)).chars(200))
 
-    @admin.display(description="Command (shell-quoted, secrets redacted)")
+    @admin.display(description="Command (shell-quoted, secrets masked)")
     def full_command(self, obj):
-        return format_html("<code>{}</code>", shell_command(obj.cmd))
+        return format_html("<code>{}</code>", shell_command(obj.cmd, obj.mask_values()))
+
+    @admin.display(description="URL")
+    def url_display(self, obj):
+        return mask_text(obj.url) if obj.url else "-"
 
     def render_exit_code_badge(self, obj) -> str:
         return exit_badge(obj)
@@ -713,9 +786,9 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
             return "-"
         return "yes" if obj.proc is not None else "no (not running, or PID not provably ours)"
 
-    @admin.display(description="Environment (secrets redacted)")
+    @admin.display(description="Environment (secrets masked)")
     def env_display(self, obj):
-        pairs = redact_env_for_display(obj.env)
+        pairs = redact_env_for_display(obj.env, obj.mask_values())
         if not pairs:
             return "-"
         return format_html(
@@ -725,11 +798,13 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=f"stdout (last {TAIL_LINES} lines)")
     def stdout_tail(self, obj):
-        return format_html("{}{}", _pre(_output_tail(obj.tail_stdout, obj.stdout)), _log_links(obj, "stdout"))
+        text = mask_text(_output_tail(obj.tail_stdout, obj.stdout), obj.mask_values())
+        return format_html("{}{}", _pre(text), _log_links(obj, "stdout"))
 
     @admin.display(description=f"stderr (last {TAIL_LINES} lines)")
     def stderr_tail(self, obj):
-        return format_html("{}{}", _pre(_output_tail(obj.tail_stderr, obj.stderr)), _log_links(obj, "stderr"))
+        text = mask_text(_output_tail(obj.tail_stderr, obj.stderr), obj.mask_values())
+        return format_html("{}{}", _pre(text), _log_links(obj, "stderr"))
 
     # -- the full log ------------------------------------------------------------------------------
 
@@ -751,8 +826,10 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
             start = int(request.GET["start"]) if request.GET.get("start") else None
         except ValueError:
             start = None
+        secrets = obj.mask_values()  # a running child writes its log itself: mask what is shown
         try:
             window = read_log_window(path, start, LOG_WINDOW)
+            window = dataclasses.replace(window, text=mask_text(window.text, secrets))
             source = "file"
         except FileNotFoundError:
             window, source = None, "row"
@@ -767,7 +844,9 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
             "stream": stream,
             "window": window,
             "source": source,
-            "stored": _stored_window(getattr(obj, stream) or "", LOG_WINDOW) if window is None else "",
+            "stored": mask_text(_stored_window(getattr(obj, stream) or "", LOG_WINDOW), secrets)
+            if window is None
+            else "",
             "earlier": max(0, window.start - LOG_WINDOW) if window and window.has_earlier else None,
             "later": window.end if window and window.has_later else None,
             "at_end": window is None or not window.has_later,
@@ -777,32 +856,40 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/machine/process/log.html", context)
 
     def log_download_view(self, request, object_id, stream):
-        """The whole log, streamed from the file (never read into memory); the stored copy if no file."""
+        """The whole log, masked, streamed from the file (never read into memory); the stored copy if no file."""
         if stream not in LOG_STREAMS:
             raise Http404("No such log.")
         obj = self._viewable(request, object_id)
         filename = f"process-{obj.pk}-{stream}.log"
         try:
-            handle = open(obj._stream_file(stream), "rb")  # closed by the FileResponse
+            chunks = obj.masked_log(stream)  # opens the file now; closed when the response is
         except FileNotFoundError:
-            response = HttpResponse(getattr(obj, stream) or "", content_type="text/plain; charset=utf-8")
+            text = mask_text(getattr(obj, stream) or "", obj.mask_values())
+            response = HttpResponse(text, content_type="text/plain; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="{filename}"'
             return response
         except OSError as exc:
             raise Http404(f"The log file cannot be read: {exc.strerror or exc}") from None
-        return FileResponse(handle, as_attachment=True, filename=filename, content_type="text/plain")
+        response = StreamingHttpResponse(chunks, content_type="text/plain")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
 
     # -- terminate, with a confirmation first --------------------------------------------------------
 
     def _terminate(self, request, processes) -> None:
         """Signal only rows whose PID is provably ours (pid + start time + command match this host)."""
         terminated, refused = [], []
+        here = Machine.current()
         for process in processes:
             label = f"{str(process.pk)[-12:]} (pid {process.pid})"
-            if process.status != ProcessStatus.RUNNING or process.pid is None:
+            if process.machine_id != here.pk:
+                refused.append(
+                    f"{label}: belongs to machine {process.machine.hostname}; terminate it on that host"
+                )
+            elif process.status != ProcessStatus.RUNNING or process.pid is None:
                 refused.append(f"{label}: not running")
             elif process.proc is None:
-                refused.append(f"{label}: PID is not provably ours (gone, reused, or on another machine)")
+                refused.append(f"{label}: PID is not provably ours (gone, or reused by another process)")
             elif process.terminate():
                 terminated.append(label)
             else:
@@ -861,13 +948,25 @@ class ProcessAdmin(StateMachineAdminMixin, admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:machine_process_change", args=[obj.pk]))
         return self._confirmation(request, [obj], action=None)
 
-    @admin.action(
-        description="Clean up stale running rows (on the selected rows' machines)", permissions=["change"]
-    )
+    @admin.action(description="Clean up stale running rows (of this machine)", permissions=["change"])
     def cleanup_stale(self, request, queryset):
-        machines = Machine.objects.filter(pk__in=queryset.values("machine_id"))
-        cleaned = sum(Process.cleanup_stale_running(machine=machine) for machine in machines)
-        self.message_user(request, f"Marked {cleaned} stale running process row(s) exited.")
+        """Close this machine's stale RUNNING rows; another machine's rows can only be judged on that host."""
+        here = Machine.current()
+        others = sorted(
+            set(queryset.exclude(machine=here).values_list("machine__hostname", flat=True)), key=str
+        )
+        if queryset.filter(machine=here).exists():
+            cleaned = Process.cleanup_stale_running(machine=here)
+            self.message_user(
+                request, f"Marked {cleaned} stale running process row(s) of this machine exited."
+            )
+        if others:
+            self.message_user(
+                request,
+                f"Refused to judge rows of other machines ({', '.join(others)}): their processes can only be "
+                "checked on their own hosts (run `manage.py cleanup` there).",
+                messages.ERROR,
+            )
 
 
 def _log_links(obj, stream: str) -> str:

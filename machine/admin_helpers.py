@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,23 +19,33 @@ from django.utils.text import Truncator
 
 from machine.conf import machine_settings
 from machine.models import _sanitize_machine_config
-from machine.redaction import REDACTED, is_secret_key, redact_cmd, redact_env, redact_nested  # noqa: F401
+from machine.redaction import (  # noqa: F401  (re-exported for the admin and its tests)
+    REDACTED,
+    is_secret_key,
+    mask_cmd,
+    mask_env,
+    redact_cmd,
+    redact_env,
+    redact_nested,
+)
 
 #: Lines of stdout/stderr shown on a process's detail page.
 TAIL_LINES = 50
 
 
 # `--api-key=value`, `-password=value` and `NAME_TOKEN=value` style arguments.
-def redact_env_for_display(env: object) -> list[tuple[str, str]]:
-    """Sorted (key, value) pairs of an env dict, secret-looking values replaced; [] for a non-dict."""
+def redact_env_for_display(env: object, secrets: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Sorted (key, value) pairs of an env dict, secrets masked (also the known `secrets` by value);
+    [] for a non-dict."""
     if not isinstance(env, Mapping):
         return []
-    return sorted((str(key), "" if value is None else str(value)) for key, value in redact_env(env).items())
+    shown = mask_env(env, secrets)
+    return sorted((str(key), "" if value is None else str(value)) for key, value in shown.items())
 
 
-def shell_command(cmd: object) -> str:
-    """The command as one copy-pasteable, shell-quoted line (secrets redacted)."""
-    return shlex.join(redact_cmd(cmd))
+def shell_command(cmd: object, secrets: Sequence[str] = ()) -> str:
+    """The command as one copy-pasteable, shell-quoted line (secrets masked)."""
+    return shlex.join(str(arg) for arg in mask_cmd(cmd, secrets))
 
 
 def format_duration(started_at: datetime | None, ended_at: datetime | None, now: datetime) -> str:

@@ -26,10 +26,13 @@ from django.utils.functional import classproperty
 from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
 from hooks.execution import run_hook
-from hooks.records import records_with_type
+from hooks.overrides import override_problems
+from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
 from machine import signals
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
+from machine.processes import refuse_foreign_machine
+from machine.redaction import mask_text
 from machine.statemachines import BinaryInstallError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,16 @@ def install_budget_seconds() -> int:
 def claim_lease_seconds(requested: int = 60) -> int:
     """The lease a worker takes on a Binary: never shorter than the whole install may run."""
     return max(int(requested), install_budget_seconds() + CLAIM_MARGIN_SECONDS)
+
+
+def install_hook_config() -> dict[str, str]:
+    """The environment the provider hooks get: the lib dir, and the index/registry when set."""
+    config = {"LIB_DIR": str(machine_settings.lib_dir)}
+    if machine_settings.PIP_INDEX_URL:
+        config["PIP_INDEX_URL"] = str(machine_settings.PIP_INDEX_URL)
+    if machine_settings.NPM_REGISTRY:
+        config["NPM_CONFIG_REGISTRY"] = str(machine_settings.NPM_REGISTRY)
+    return config
 
 
 def _iso(value) -> str | None:
@@ -263,6 +276,10 @@ class BinaryMixin:
             return None  # a path the row cannot hold whole: refused rather than cut
         overrides = record.get("overrides")
         overrides = overrides if isinstance(overrides, dict) else {}
+        problems = override_problems(overrides)
+        if problems:  # refused before anything is written or run
+            logger.warning("Binary record for %r refused: %s", name, mask_text("; ".join(problems)))
+            return None
         installed: dict[str, Any] | None = None
         request: dict[str, Any] = {}
         if abspath and version:
@@ -444,7 +461,12 @@ class BinaryMixin:
         hook that crashes, hangs or prints garbage.
         """
         deadline = time.monotonic() + install_budget_seconds()
-        config = {"LIB_DIR": str(machine_settings.lib_dir)}
+        problems = override_problems(self.overrides)
+        if problems:  # refused before any installer runs
+            logger.warning("not installing %s: %s", self.name, mask_text("; ".join(problems)))
+            self._record_failure()
+            return False
+        config = install_hook_config()
         parent = self._parent_process()
         for hook in self.provider_hooks():
             remaining = deadline - time.monotonic()
@@ -463,18 +485,36 @@ class BinaryMixin:
             except Exception:  # a bad hook must cost one failed attempt, not the worker
                 logger.exception("could not run %s for %s", hook, self.name)
                 continue
-            records = records_with_type(process.stdout or "")
-            result = self._pick_result(records)
-            # Records about this binary only count from the winning hook, through _record_success.
-            dispatch_records([r for r in records if not self._is_own_result(r)])
+            # A hook is trusted with its own request only: this binary's record and its *_BINARY
+            # config key; everything else it printed is dropped, and reading stops at the budget.
+            trusted = records_for_request(iter_records(process.stdout or ""), self.name, deadline=deadline)
+            if trusted.dropped or trusted.cut_short:
+                self._report_dropped(process, hook, trusted)
+            result = self._pick_result(trusted.kept)
             if (
                 process.exit_code == 0
                 and result is not None
                 and self._record_success(result, plugin_name_for(hook))
             ):
+                # Its config key only counts from the hook that installed the binary.
+                dispatch_records([r for r in trusted.kept if r.get("type") == "Machine"])
                 return True
         self._record_failure()
         return False
+
+    def _report_dropped(self, process, hook: Path, trusted) -> None:
+        """One warning line (log and the hook row's stderr) for the records a hook was not trusted with."""
+        line = (
+            f"[machine] {hook.name}: dropped {trusted.dropped} record(s) outside its request for "
+            f"{self.name!r} (only this binary's Binary record and {binary_config_key(self.name)} are "
+            "accepted)" + (f"; stopped reading after {MAX_REQUEST_RECORDS} records or at the deadline"
+            if trusted.cut_short else "")
+        )  # fmt: skip
+        logger.warning("%s", line)
+        stderr = process.stderr or ""
+        stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
+        type(process)._default_manager.filter(pk=process.pk).update(stderr=stderr)
+        process.stderr = stderr
 
     def _is_own_result(self, record: dict) -> bool:
         return record.get("type") == "Binary" and str(record.get("name") or self.name) == self.name
@@ -556,9 +596,11 @@ class BinaryMixin:
 
     def cleanup(self) -> int:
         """Stop this binary's hook processes that still run, and delete the `*.pid` files under
-        output_dir; the number of processes stopped."""
+        output_dir; the number of processes stopped. Another machine's binary is refused."""
+        machine_model = self._meta.get_field("machine").related_model
+        refuse_foreign_machine(self.machine, machine_model.current(), f"clean up binary {self.name!r}")
         stopped = 0
-        for process in self.hook_processes().filter(status="running"):
+        for process in self.hook_processes().filter(status="running", machine_id=self.machine_id):
             terminate = getattr(process, "terminate", None)
             if terminate is not None and terminate():
                 stopped += 1

@@ -68,6 +68,11 @@ class MachineSettings:
     )
     #: Seconds a provider hook may run before it is killed (with its whole process tree).
     INSTALL_TIMEOUT: int = 300
+    #: The package index pip installs from (PIP_INDEX_URL for the pip hook); None: the worker's own
+    #: pip configuration. The only way to change it: install requests cannot (hooks.overrides).
+    PIP_INDEX_URL: str | None = None
+    #: The registry npm installs from (npm_config_registry for the npm hook); None: npm's own config.
+    NPM_REGISTRY: str | None = None
     #: Tune every SQLite connection for several writer processes (WAL, busy timeout, IMMEDIATE
     #: transactions; see machine/sqlite.py). Off for a database on a filesystem without WAL support.
     SQLITE_TUNING: bool = True

@@ -13,6 +13,7 @@ from typing import Any
 from django.db import transaction
 
 from hooks.discovery import discover_hooks, plugin_name_for
+from hooks.overrides import override_problems
 from machine.binaries import (
     BINARY_REQUEST_EVENT,
     claim_lease_seconds,
@@ -85,6 +86,9 @@ def build_request(names: list[str], binproviders: str, overrides_json: str | Non
     for key, section in overrides.items():
         if key != "min_version" and not isinstance(section, dict):
             raise InstallRequestError(f"--overrides[{key!r}] must be a JSON object")
+    problems = override_problems(overrides)
+    if problems:  # refused before anything is queued or run (hooks.overrides: the allow-list)
+        raise InstallRequestError("; ".join(problems))
     return InstallRequest(clean_names, format_binproviders(binproviders) or "*", overrides)
 
 

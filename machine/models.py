@@ -36,8 +36,9 @@ from machine.detect import (
     get_os_info,
     get_vm_info,
 )
-from machine.processes import ProcessMixin, ProcessQuerySet, RedactedEnvField
-from machine.redaction import redact_cmd, redact_nested
+from machine.fields import MaskedCmdField, MaskedEnvField, MaskedJSONField, SealedField
+from machine.processes import ProcessMixin, ProcessQuerySet
+from machine.redaction import mask_cmd, mask_nested, secret_values
 from workers.models import ModelWithStateMachine
 
 _CURRENT_MACHINE: Machine | None = None
@@ -311,7 +312,7 @@ class Machine(ModelWithUUIDv7, ModelWithHealthStats):
 
     def to_json(self) -> dict[str, Any]:
         """The row as a `Machine` record; secret-looking config values are redacted."""
-        config, _found = redact_nested(self.config or {})
+        config, _found = mask_nested(self.config or {})
         return {
             "type": "Machine",
             "schema_version": JSON_SCHEMA_VERSION,
@@ -501,7 +502,7 @@ class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateM
         blank=True,
         help_text="Comma-separated list of allowed providers: apt,brew,pip,npm,env",
     )
-    overrides = models.JSONField(
+    overrides = MaskedJSONField(
         default=dict,
         blank=True,
         help_text="Provider-specific overrides: {'apt': {'install_args': ['pkg']}, ...}",
@@ -668,13 +669,21 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
         blank=True,
         help_text="Working directory for process execution",
     )
-    cmd = models.JSONField(default=list, null=False, blank=True, help_text="Command as array of arguments")
-    env = RedactedEnvField(
+    cmd = MaskedCmdField(
+        default=list,
+        null=False,
+        blank=True,
+        help_text="Command as array of arguments (secrets are stored masked)",
+    )
+    env = MaskedEnvField(
         default=dict,
         null=False,
         blank=True,
-        help_text="Environment variables for process (secret-looking values are stored redacted)",
+        help_text="Environment variables for process (secrets are stored masked)",
     )
+    #: A queued row's real argv/env (while they hold secrets), then a running row's values to mask,
+    #: encrypted (machine.sealing); NULL once the row has exited. Never shown, searched or exported.
+    sealed = SealedField(default=None, null=True, blank=True, editable=False)
     timeout = models.IntegerField(default=120, null=False, help_text="Timeout in seconds")
 
     pid = models.IntegerField(default=None, null=True, blank=True, db_index=True, help_text="OS process ID")
@@ -744,8 +753,9 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     timeout_grace = PROCESS_TIMEOUT_GRACE
 
     def __str__(self) -> str:
-        # The argv may carry `--token=...`: show it redacted (the admin, logs and history use str()).
-        return f"Process[{self.id}] {shlex.join(redact_cmd(self.cmd or []))[:60]} ({self.status})"
+        # The argv may carry `--token=...`: show it masked (the admin, logs and history use str()).
+        secrets = self.__dict__.get("_launch_mask_values") or secret_values(self.cmd or [], self.env or {})
+        return f"Process[{self.id}] {shlex.join(mask_cmd(self.cmd or [], secrets))[:60]} ({self.status})"
 
     @classmethod
     def current(cls) -> Process:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -14,9 +15,32 @@ from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
+from machine.redaction import MASK, Scrubber, is_secret_key, mask_cmd, mask_env, mask_text
 
 #: Script types a hook can be (the suffix of its file name).
 HOOK_SCRIPT_SUFFIXES = (".py", ".js", ".sh")
+
+
+def _env_text(value) -> str:
+    """An env value as the child gets it (the launch's rule), for cmd.sh."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def _masked_chunks(handle, scrubber: Scrubber, chunk_size: int) -> Iterator[bytes]:
+    with handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            masked = scrubber.feed(block)
+            if masked:
+                yield masked
+        rest = scrubber.flush()
+        if rest:
+            yield rest
 
 
 class ProcessFilesMixin:
@@ -75,12 +99,26 @@ class ProcessFilesMixin:
             path.touch(exist_ok=True)
 
     def _write_cmd_file(self, cwd: str) -> None:
-        """cmd.sh: a re-runnable script, shlex-quoted, with secret env values redacted."""
+        """cmd.sh: a re-runnable script, shlex-quoted, every secret masked.
+
+        A secret env value becomes `export KEY="${KEY:?...}"`: the script runs again once the
+        variable is set in the shell that runs it, and says so otherwise. A masked argument stays
+        masked: that command has to be completed by hand.
+        """
+        secrets = self.mask_values()
+        shown = mask_env(self.env or {}, secrets)
         lines = ["#!/bin/sh", f"cd {shlex.quote(cwd)} || exit 1"]
-        for key, value in process_utils.redact_env(self.env or {}).items():
-            if value is not None:
-                lines.append(f"export {key}={shlex.quote(str(value))}")
-        lines.append(f"exec {shlex.join(self.cmd)}")
+        for key, value in (self.env or {}).items():
+            if value is None:
+                continue
+            if is_secret_key(key) and value != "":
+                lines.append(f'export {key}="${{{key}:?set {key}: its value is not stored}}"')
+            else:
+                lines.append(f"export {key}={shlex.quote(_env_text(shown[key]))}")
+        argv = mask_cmd(self.cmd, secrets)
+        if argv != [str(arg) for arg in self.cmd]:
+            lines.append(f"# secrets in this command are masked ({MASK}): complete them before running it")
+        lines.append(f"exec {shlex.join(argv)}")
         text = "\n".join(lines) + "\n"
         path = self.cmd_file
         # Rewriting an unchanged file is not free: on ext4, truncating and rewriting a non-empty file
@@ -110,10 +148,24 @@ class ProcessFilesMixin:
         return self.stdout_file if stream == "stdout" else self.stderr_file
 
     def tail(self, stream: str = "stdout", lines: int = 50, follow: bool = False) -> Iterator[str]:
-        """Last `lines` lines of a log (`follow`: keep yielding until the process is gone)."""
+        """Last `lines` lines of a log, secrets masked (`follow`: keep yielding until the process is gone)."""
         path = self._stream_file(stream)
         stop = (lambda: not self.is_running) if follow else None
-        return process_utils.tail(path, lines=lines, follow=follow, stop=stop)
+        return self._masked(process_utils.tail(path, lines=lines, follow=follow, stop=stop))
+
+    def _masked(self, lines: Iterator[str]) -> Iterator[str]:
+        # A running child may print a secret before the row is closed (and its logs masked).
+        secrets = self.mask_values()
+        return (mask_text(line, secrets) for line in lines)
+
+    def masked_log(self, stream: str = "stdout", chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        """The whole log file, masked, in chunks of about `chunk_size` (memory stays bounded).
+
+        Known secret values are masked across chunk boundaries, the positional rules line by line
+        (redaction.Scrubber). Opens the file at once (FileNotFoundError/OSError here, not later).
+        """
+        handle = open(self._stream_file(stream), "rb")  # noqa: SIM115  (closed by the generator)
+        return _masked_chunks(handle, Scrubber(self.mask_values(), max_line=4 * chunk_size), chunk_size)
 
     def tail_stdout(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
         return self.tail("stdout", lines, follow)
@@ -147,7 +199,7 @@ class ProcessFilesMixin:
             lines = process_utils.tail(
                 path, lines=sys.maxsize, follow=True, poll_interval=poll_interval, stop=done
             )
-            for line in lines:
+            for line in self._masked(lines):
                 out.write(line + "\n")
                 out.flush()
 

@@ -23,17 +23,16 @@ from django.db.models.functions import Concat, Right
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from machine import process_utils, signals
+from machine import process_utils, sealing, signals
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.process_files import ProcessFilesMixin
+from machine.redaction import mask_cmd, mask_env, mask_text
 
 #: How many rows one UPDATE closes in cleanup_stale_running() (well under SQLite's variable limit).
 CLEANUP_BATCH_SIZE = 500
 #: Browser pid files older than this are leftovers of a crashed run.
 CHROME_PID_FILE_MIN_AGE = 5 * 60
-#: Secret values shorter than this are not scrubbed from logs: they would match everywhere.
-MIN_SCRUB_LENGTH = 4
 
 JSON_FIELDS = (
     "process_type",
@@ -52,7 +51,21 @@ JSON_FIELDS = (
 
 
 #: What _finish() writes to a row that is already saved.
-FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at")
+FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at", "sealed")
+
+
+class ForeignMachineError(ValueError):
+    """Refused: the row (or machine) is another host's; only that host can judge or signal its processes."""
+
+
+def refuse_foreign_machine(machine, current, what: str) -> None:
+    """ForeignMachineError unless `machine` is `current` (this host's row); `what` names the refused act."""
+    if machine is not None and current is not None and machine.pk != current.pk:
+        raise ForeignMachineError(
+            f"refusing to {what} of machine {machine.hostname or '?'} ({(machine.guid or '')[:8]}): this "
+            f"is {current.hostname or '?'} ({(current.guid or '')[:8]}), and a pid means nothing on "
+            "another host; do it on that host"
+        )
 
 
 class ProcessInputError(ValueError):
@@ -62,7 +75,8 @@ class ProcessInputError(ValueError):
 def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any) -> None:
     """Raise ProcessInputError unless cmd is a non-empty list of str, pwd a directory, timeout >= 0."""
     if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(arg, str) for arg in cmd):
-        raise ProcessInputError(f"cmd must be a non-empty list of strings, got {cmd!r}")
+        shown = mask_cmd(cmd) if isinstance(cmd, (list, tuple)) else type(cmd).__name__
+        raise ProcessInputError(f"cmd must be a non-empty list of strings, got {shown!r}")
     if not cmd[0]:
         raise ProcessInputError("cmd[0] (the program) must not be empty")
     if not pwd:
@@ -150,34 +164,6 @@ def _from_ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def scrub_secrets(text: str, env: dict[str, Any] | None) -> str:
-    """Replace the values of secret-looking env keys that appear in text by the redaction mark."""
-    if not text or not env:
-        return text
-    redacted = process_utils.redact_env(env)
-    for key, value in env.items():
-        if redacted.get(key) != value and isinstance(value, str) and len(value) >= MIN_SCRUB_LENGTH:
-            text = text.replace(value, process_utils.REDACTED)
-    return text
-
-
-class RedactedEnvField(models.JSONField):
-    """A JSONField whose stored value has secret-looking keys redacted; the in-memory dict keeps them.
-
-    So a row built with a real token can still launch with it, while the database (and anything that
-    reads the row back) never sees it. Deconstructs as a plain JSONField: no schema change.
-    """
-
-    def get_prep_value(self, value):
-        if isinstance(value, dict):
-            value = process_utils.redact_env(value)
-        return super().get_prep_value(value)
-
-    def deconstruct(self):
-        name, _path, args, kwargs = super().deconstruct()
-        return name, "django.db.models.JSONField", args, kwargs
-
-
 class ProcessQuerySet(models.QuerySet):
     """Filters named as adjectives: `Process.objects.running().on_machine(m).of_type("worker")`."""
 
@@ -209,7 +195,8 @@ class ProcessQuerySet(models.QuerySet):
 
         The batch form of ProcessMixin._finish() for rows whose output is not captured: the same
         rule (recorded_exit) gives each row `exit_code`, else the code it already has, else
-        UNKNOWN_EXIT_CODE with UNKNOWN_EXIT_NOTE appended to its stderr.
+        UNKNOWN_EXIT_CODE with UNKNOWN_EXIT_NOTE appended to its stderr. Their sealed values are
+        cleared, after the log files of the (few) rows that still have some are masked with them.
         """
         now = timezone.now()
         closed = 0
@@ -218,17 +205,31 @@ class ProcessQuerySet(models.QuerySet):
             "ended_at": now,
             "retry_at": None,
             "modified_at": now,
+            "sealed": None,
         }
         if exit_code is None:
             values.update(recorded_exit_sql())
         else:
             values["exit_code"] = recorded_exit(exit_code)[0]
+        self._mask_sealed_logs(ids)
         for start in range(0, len(ids), CLEANUP_BATCH_SIZE):
             chunk = ids[start : start + CLEANUP_BATCH_SIZE]
             closed += self.model._default_manager.filter(pk__in=chunk, status=ProcessStatus.RUNNING).update(
                 **values
             )
         return closed
+
+    def _mask_sealed_logs(self, ids: list) -> None:
+        """Mask the log files of the RUNNING rows among `ids` that carry sealed mask values.
+
+        One query whatever the number of ids: running rows with sealed values are few (only
+        launched rows whose caller gave secrets), so they are listed and matched here.
+        """
+        wanted = set(ids)
+        rows = self.model._default_manager.filter(status=ProcessStatus.RUNNING, sealed__isnull=False)
+        for row in rows.only("id", "pwd", "cmd", "env", "sealed", "process_type"):
+            if row.pk in wanted:
+                row._read_logs()
 
 
 class ProcessMixin(ProcessFilesMixin):
@@ -300,6 +301,11 @@ class ProcessMixin(ProcessFilesMixin):
         cached = machine.current()
         return self.machine_id == cached.pk
 
+    def _require_local(self, what: str) -> None:
+        """ForeignMachineError when this row is another machine's (see refuse_foreign_machine)."""
+        if self.machine_id is not None and not self._is_local():
+            refuse_foreign_machine(self.machine, self._machine_model().current(), f"{what} process {self.pk}")
+
     @property
     def proc(self) -> psutil.Process | None:
         """The live psutil.Process only if pid, start time, command (and launch marker) prove it is ours."""
@@ -357,6 +363,7 @@ class ProcessMixin(ProcessFilesMixin):
                 process = None
             if process is None:
                 raise LookupError(f"no process row with id {row_id!r}")
+            process._require_local("kill")
         else:
             process = cls._default_manager.get_by_pid(pid)
             if process is None:
@@ -374,16 +381,20 @@ class ProcessMixin(ProcessFilesMixin):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def _build_env(self) -> dict[str, str]:
+    def _build_env(self, env_overlay: dict[str, Any] | None = None) -> dict[str, str]:
         """The environment a launch gives the child: this process's environment overlaid with `env`.
 
-        The one rule for env values: None and the redaction mark are skipped (the inherited value
-        stays; a row read back from the database holds the mark, never the secret), str as is,
-        bool as "True"/"False", int/float through str(), anything else as JSON.
+        The overlay is the caller's real env (`sealing.unseal_for_launch`: a masked value is
+        restored from the seal, or the launch is refused; never the mask, never this process's own
+        value in its place). The one rule for its values: None is skipped (the inherited value
+        stays: the caller asked for it), str as is, bool as "True"/"False", int/float through
+        str(), anything else as JSON.
         """
+        if env_overlay is None:
+            env_overlay = sealing.unseal_for_launch(self)[1]
         env = dict(os.environ)
-        for key, value in (self.env or {}).items():
-            if value is None or value == process_utils.REDACTED:
+        for key, value in env_overlay.items():
+            if value is None:
                 continue
             if isinstance(value, str):
                 env[key] = value
@@ -395,8 +406,13 @@ class ProcessMixin(ProcessFilesMixin):
                 env[key] = json.dumps(value, default=str)
         return env
 
-    def _read_logs(self) -> tuple[str | None, str | None]:
-        """Both logs (None for a missing one), secrets scrubbed; a file is rewritten when scrubbing changed it."""
+    def mask_values(self) -> list[str]:
+        """Every secret value this row's child can see, as far as this process knows them (longest first)."""
+        return sealing.mask_values(self)
+
+    def _read_logs(self, secrets: list[str] | None = None) -> tuple[str | None, str | None]:
+        """Both logs (None for a missing one), secrets masked; a file is rewritten when masking changed it."""
+        secrets = self.mask_values() if secrets is None else secrets
         texts: list[str | None] = []
         for path in (self.stdout_file, self.stderr_file):
             text = None
@@ -406,7 +422,7 @@ class ProcessMixin(ProcessFilesMixin):
                 except OSError:  # missing (never launched here), or the pwd is gone
                     text = None
             if text is not None:
-                clean = scrub_secrets(text, self.env)
+                clean = mask_text(text, secrets)
                 if clean != text:
                     path.write_text(clean)
                 text = clean
@@ -422,13 +438,13 @@ class ProcessMixin(ProcessFilesMixin):
         and the pid file goes away.
         """
         code, unknown = recorded_exit(exit_code)
-        stdout, stderr = self._read_logs()
-        if stdout is not None:
-            self.stdout = stdout
-        if stderr is not None:
-            self.stderr = stderr
+        secrets = self.mask_values()
+        stdout, stderr = self._read_logs(secrets)  # (masked)
+        self.stdout = stdout if stdout is not None else mask_text(self.stdout or "", secrets)
+        self.stderr = stderr if stderr is not None else mask_text(self.stderr or "", secrets)
         for line in (note, unknown):
-            self.stderr = append_line(self.stderr or "", line)
+            self.stderr = append_line(self.stderr or "", mask_text(line, secrets))
+        self.sealed = None  # a closed row keeps no secret, not even sealed
         self.exit_code = code
         self.status = ProcessStatus.EXITED
         self.ended_at = self.ended_at or timezone.now()
@@ -451,7 +467,9 @@ class ProcessMixin(ProcessFilesMixin):
         validate_launch_input(self.cmd, workdir, self.timeout)
         if self.status == ProcessStatus.RUNNING and self.is_running:
             raise RuntimeError(f"{self} is already running (pid {self.pid})")
-        self.cmd = list(self.cmd)
+        # The caller's real argv and env (restored from the seal for a queued row), or refused.
+        argv, env_overlay = sealing.unseal_for_launch(self)
+        self.cmd = argv  # (in memory; every save stores it masked)
         if not self.pwd:
             self.pwd = os.fspath(workdir)
         if self.machine_id is None:
@@ -461,9 +479,15 @@ class ProcessMixin(ProcessFilesMixin):
         for path in (self.stdout_file, self.stderr_file):
             with open(path, "ab") as log:
                 log.truncate(0)  # one run per row: start clean (and create the file)
+        report = sealing.env_report(env_overlay)
+        if report:  # which value each secret env key gets (never the value)
+            self.stderr_file.write_text("".join(line + "\n" for line in report))
         files = (self.stdout_file, self.stderr_file)
         # The child's environment is _build_env(); process_utils only adds the launch marker.
-        spawned = process_utils.spawn(self.cmd, workdir, self._build_env(), *files, inherit_env=False)
+        child_env = self._build_env(env_overlay)
+        spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False)
+        # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
+        sealing.wipe_sealed(self, save=False)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time
@@ -569,9 +593,10 @@ class ProcessMixin(ProcessFilesMixin):
         """Send `signal_num` to the process if it is provably ours; True if sent.
 
         A process that is gone, or whose pid now names another process, is not signalled: its row
-        (if still running) is closed as poll() closes it, and the answer is False. A row of another
-        machine, or one that is not running, is left as it is (False).
+        (if still running) is closed as poll() closes it, and the answer is False. A row that is not
+        running is left as it is (False); a row of another machine is refused (ForeignMachineError).
         """
+        self._require_local("kill")
         if self.status != ProcessStatus.RUNNING or not self._is_local():
             return False
         pid, start, cmd, tolerance, marker = self._proven_args()
@@ -592,7 +617,11 @@ class ProcessMixin(ProcessFilesMixin):
         self._finish(code if code is not None else fallback_code)
 
     def terminate(self, graceful_timeout: float = 5.0) -> bool:
-        """SIGTERM, wait up to graceful_timeout, then SIGKILL; False if it was not running."""
+        """SIGTERM, wait up to graceful_timeout, then SIGKILL; False if it was not running.
+
+        A row of another machine is refused (ForeignMachineError).
+        """
+        self._require_local("terminate")
         pid, start, cmd, tolerance, marker = self._proven_args()
         if pid is None or start is None or not self._is_local() or not self.is_running:
             if self.status == ProcessStatus.RUNNING:
@@ -613,7 +642,11 @@ class ProcessMixin(ProcessFilesMixin):
         return True
 
     def kill_tree(self, graceful_timeout: float = 2.0) -> int:
-        """End the process and every OS descendant (also setsid'd ones); return how many died."""
+        """End the process and every OS descendant (also setsid'd ones); return how many died.
+
+        A row of another machine is refused (ForeignMachineError).
+        """
+        self._require_local("kill the tree of")
         if not self._is_local():
             return 0
         pid, start, cmd, tolerance, marker = self._proven_args()
@@ -663,8 +696,9 @@ class ProcessMixin(ProcessFilesMixin):
 
     def kill_children_db(self) -> int:
         """Terminate the running DB children (parent FK) of this row; return how many were stopped."""
+        self._require_local("stop the children of")
         stopped = 0
-        for child in self.children.filter(status=ProcessStatus.RUNNING):
+        for child in self.children.filter(status=ProcessStatus.RUNNING, machine_id=self.machine_id):
             if child.terminate():
                 stopped += 1
         return stopped
@@ -682,7 +716,12 @@ class ProcessMixin(ProcessFilesMixin):
 
     @classmethod
     def stop_all(cls, process_type: str | None = None, machine=None, graceful: bool = True) -> int:
-        """terminate() (graceful) or kill() every running row of the type; return how many stopped."""
+        """terminate() (graceful) or kill() every running row of the type; return how many stopped.
+
+        Only this machine's rows: another `machine` is refused (ForeignMachineError).
+        """
+        if machine is not None:
+            refuse_foreign_machine(machine, cls._default_machine(), "stop the processes")
         stopped = 0
         for process in cls.get_running(process_type, machine):
             if process.terminate() if graceful else process.kill():
@@ -735,7 +774,12 @@ class ProcessMixin(ProcessFilesMixin):
 
     @classmethod
     def cleanup_stale_running(cls, machine=None) -> int:
-        """Close RUNNING rows whose process is gone, recycled, too old or past timeout + grace."""
+        """Close RUNNING rows whose process is gone, recycled, too old or past timeout + grace.
+
+        Only this machine's rows can be judged here: another `machine` is refused (ForeignMachineError).
+        """
+        if machine is not None:
+            refuse_foreign_machine(machine, cls._default_machine(), "judge the running processes")
         machine = cls._default_machine(machine)
         now = timezone.now()
         rows = (
@@ -846,7 +890,12 @@ class ProcessMixin(ProcessFilesMixin):
         }
         for name in JSON_FIELDS:
             data[name] = getattr(self, name)
-        data["env"] = process_utils.redact_env(self.env or {})
+        secrets = self.mask_values()
+        data["cmd"] = mask_cmd(self.cmd or [], secrets)
+        data["env"] = mask_env(self.env or {}, secrets)
+        data["stdout"] = mask_text(self.stdout or "", secrets)
+        data["stderr"] = mask_text(self.stderr or "", secrets)
+        data["url"] = mask_text(self.url) if self.url else self.url
         for name in ("started_at", "ended_at", "created_at", "modified_at", "retry_at"):
             value = getattr(self, name)
             data[name] = value.isoformat() if value else None

@@ -100,11 +100,12 @@ class ProcessMachine(BaseStateMachine):
         self.process.kill_tree()
 
     def after_transition(self, target: State) -> None:
-        # The machine wrote the new status on the instance; persist it with the schedule.
+        # The machine wrote the new status on the instance; persist it with the schedule. Never
+        # over an end already recorded: the launcher's watcher may have closed the row meanwhile.
         process = self.process
         if target.final:
             process.retry_at = None
         process.modified_at = timezone.now()  # the instance stays in step (safe_update compares it)
-        type(process)._default_manager.filter(pk=process.pk).update(
+        type(process)._default_manager.filter(pk=process.pk).exclude(status=ProcessStatus.EXITED).update(
             status=process.status, retry_at=process.retry_at, modified_at=process.modified_at
         )

@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from machine.binaries import RETRY_DELAY
-from machine.models import Binary
+from machine.models import Binary, Machine
 from machine.statemachines import BinaryInstallError
 
 from .conftest import calls
@@ -105,8 +105,10 @@ def test_a_record_for_another_binary_or_a_failing_exit_does_not_install(lib_dir,
     marker_hook("beta", 6, BINARY_OK.format(name="other"))
     binary = tick(Binary.from_json({"name": "tool", "binproviders": "alpha,beta"}))
     assert_failed_once_and_backing_off(binary)
-    # The other binary's record was dispatched to its own row.
-    assert Binary.objects.get(name="other").status == "installed"
+    # A hook is trusted with its own request only: the other binary's record is dropped, and says so.
+    assert not Binary.objects.filter(name="other").exists()
+    (beta,) = [p for p in binary.hook_processes() if p.hook_script_name == "on_BinaryRequest__06_beta.sh"]
+    assert "dropped 1 record(s) outside its request for 'tool'" in beta.stderr
 
 
 def test_a_hanging_provider_is_bounded_by_the_install_timeout(lib_dir, make_hook, settings):
@@ -209,6 +211,14 @@ def test_retry_after_backoff_installs_and_counts_both_outcomes(lib_dir, marker_h
 def test_shell_syntax_in_pip_overrides_is_data_not_a_command(lib_dir, tmp_path):
     pwned = tmp_path / "pwned"
     overrides = {"pip": {"install_args": [f"cowsay==6.1; touch {pwned}", f"$(touch {pwned})"]}}
-    binary = tick(Binary.from_json({"name": "cowsay", "binproviders": "pip", "overrides": overrides}))
+    # Not a package name: refused before anything is written (hooks.overrides)...
+    assert Binary.from_json({"name": "cowsay", "binproviders": "pip", "overrides": overrides}) is None
+    # ... and a row that already holds it fails without running any hook.
+    binary = tick(
+        Binary.objects.create(
+            name="cowsay", binproviders="pip", overrides=overrides, machine=Machine.current()
+        )
+    )
     assert_failed_once_and_backing_off(binary)
+    assert not binary.hook_processes().exists()
     assert not pwned.exists()

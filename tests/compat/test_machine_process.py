@@ -23,7 +23,8 @@ from django.utils import timezone
 from hooks.dispatch import dispatch_record
 from machine import process_utils
 from machine.models import Binary, Machine, NetworkInterface, Process
-from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE
+from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE, ForeignMachineError
+from machine.sealing import SealedSecretError
 from tests.archiver.models import ArchiveResult, Crawl, Snapshot
 from tests.compat.machine_helpers import alive, foreign_sleeper, launched, own_start, popen, reaped_identity
 from tests.machine_factories import make_machine
@@ -170,17 +171,21 @@ def test_kill_never_signals_a_pid_that_is_not_proven_ours(popen):
     assert Process.objects.get(pk=reused.pk).exit_code == 137
 
 
-def test_kill_leaves_rows_of_another_machine_untouched(popen):
+def test_kill_refuses_rows_of_another_machine(popen):
     """Original: kill() of a row whose process cannot be resolved here marks the row exited (False).
 
-    Ours (row "rows of another machine"): a row of another machine is never signalled or closed here.
+    Ours (row "rows of another machine"): a row of another machine is never signalled or closed here:
+    kill(), terminate() and kill_tree() refuse it with ForeignMachineError (a ValueError) naming both
+    hosts, and the process and the row stay as they are.
     """
     proc, start = foreign_sleeper(popen)
     remote = Process.objects.create(
         machine=make_machine("other-host"), cmd=["sleep", "30"], pid=proc.pid, os_start_time=start,
         started_at=timezone.now(), status="running",
     )  # fmt: skip
-    assert remote.kill() is False and remote.kill(9) is False
+    for act in (remote.kill, lambda: remote.kill(9), remote.terminate, remote.kill_tree):
+        with pytest.raises(ForeignMachineError, match="of machine other-host"):
+            act()
     time.sleep(0.05)
     assert alive(proc.pid)
     assert Process.objects.get(pk=remote.pk).status == "running"
@@ -466,7 +471,8 @@ def _fake_network():
 CHILD_ENV = (
     "import hashlib, json, os; seen = {k: os.environ.get(k) for k in "
     "('INHERITED', 'FLAG', 'OFF', 'NUM', 'RATIO', 'DATA', 'PLAIN')}; "
-    "seen['API_TOKEN'] = hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest(); print(json.dumps(seen))"
+    "seen['sha256 of the value'] = hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest(); "
+    "print(json.dumps(seen))"
 )
 
 
@@ -475,29 +481,37 @@ def test_build_env_is_the_one_env_rule_of_a_launch(launched, monkeypatch):
     value stays), str as is, bool "True"/"False", int/float str(), anything else json.dumps(default=str);
     launch() gives the child exactly that.
 
-    Ours: the same rule; a redacted value (a row read back from the database) is skipped like None,
-    so the child inherits the real value, never the mask; the launch marker is added on top.
+    Ours: the same rule, and the caller's real secret reaches the child. A value that still holds the
+    mask (a row read back from the database whose sealed value is gone) is never replaced by this
+    process's own value: `_build_env()` raises and `launch()` is refused; the launch marker is added
+    on top.
     """
     monkeypatch.setenv("INHERITED", "from-parent")
-    monkeypatch.setenv("API_TOKEN", "real-token")
+    monkeypatch.setenv("API_TOKEN", "the-worker's-own-token")
     env = {
         "INHERITED": None, "FLAG": True, "OFF": False, "NUM": 3, "RATIO": 1.5, "DATA": {"a": [1, None]},
-        "API_TOKEN": process_utils.REDACTED, "PLAIN": "x",
+        "API_TOKEN": "the-caller's-token", "PLAIN": "x",
     }  # fmt: skip
     expected = {
         "INHERITED": "from-parent", "FLAG": "True", "OFF": "False", "NUM": "3", "RATIO": "1.5",
-        "DATA": '{"a": [1, null]}', "API_TOKEN": "real-token", "PLAIN": "x",
+        "DATA": '{"a": [1, null]}', "API_TOKEN": "the-caller's-token", "PLAIN": "x",
     }  # fmt: skip
     built = Process(env={**env, "WHEN": timedelta(seconds=1)})._build_env()
     assert {key: built.get(key) for key in expected} == expected
     assert (
         built["WHEN"] == json.dumps(timedelta(seconds=1), default=str) and built["PATH"] == os.environ["PATH"]
     )
+    with pytest.raises(SealedSecretError, match="API_TOKEN"):
+        Process(env={**env, "API_TOKEN": process_utils.REDACTED})._build_env()
     process = launched([sys.executable, "-c", CHILD_ENV], env=env)
     process.launch()
     assert process.exit_code == 0, process.stderr
     seen = json.loads(process.stdout.strip().splitlines()[-1])
-    assert seen == {**expected, "API_TOKEN": hashlib.sha256(b"real-token").hexdigest()}  # not the mask
+    del expected["API_TOKEN"]  # (printed as a hash: a child printing `"API_TOKEN": ...` is masked)
+    assert seen == {**expected, "sha256 of the value": hashlib.sha256(b"the-caller's-token").hexdigest()}
+    masked = launched([sys.executable, "-c", CHILD_ENV], env={**env, "API_TOKEN": process_utils.REDACTED})
+    with pytest.raises(SealedSecretError):
+        masked.launch()
 
 
 # -- 14. fields and process types ------------------------------------------------------------------

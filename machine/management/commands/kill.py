@@ -26,7 +26,7 @@ class Command(BaseCommand):
             raise CommandError("give exactly one of ID or --pid")
         try:
             process, killed = Process.kill_by_reference(row_id=id, pid=pid, graceful_timeout=grace)
-        except LookupError as exc:
+        except (LookupError, ValueError) as exc:  # not ours, or another machine's row
             raise CommandError(str(exc)) from None
         Console.for_command(self, "stdout", verbosity, **options).line(
             f"Terminated {process.pid} ({killed} process(es) ended), exit code {process.exit_code}"
