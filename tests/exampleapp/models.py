@@ -46,3 +46,24 @@ class Effect(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="effects")
     pid = models.IntegerField()
     created_at = models.DateTimeField(default=timezone.now)
+
+
+class NoopStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"  #: not ticked yet
+    DONE = "done", "Done"  #: ticked once
+
+
+class Noop(ModelWithStateMachine):
+    """A row whose one tick does nothing but record that it happened: what the runner itself costs.
+
+    Not bound to a machine (any runner may tick it), so it also stands for a downstream app's shared rows.
+    """
+
+    StatusChoices = NoopStatus
+    active_state = NoopStatus.QUEUED
+
+    modified_at = models.DateTimeField(auto_now=True)
+    status = ModelWithStateMachine.StatusField(choices=NoopStatus.choices, default=NoopStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "tests.exampleapp.statemachines.NoopMachine"

@@ -11,7 +11,7 @@ from statemachine import State
 
 from workers.models import BaseStateMachine
 
-from .models import Effect, Task, TaskStatus
+from .models import Effect, NoopStatus, Task, TaskStatus
 
 
 class TaskMachine(BaseStateMachine):
@@ -37,3 +37,17 @@ class TaskMachine(BaseStateMachine):
             )
             if moved == 1:
                 Effect.objects.create(task=task, pid=os.getpid())
+
+
+class NoopMachine(BaseStateMachine):
+    """queued -> done, persisted the way a downstream machine persists: one update_and_requeue."""
+
+    model_attr_name = "noop"
+
+    queued = State(value=NoopStatus.QUEUED, initial=True)
+    done = State(value=NoopStatus.DONE, final=True)
+
+    tick = queued.to(done)
+
+    def on_enter_done(self) -> None:
+        self.noop.update_and_requeue(status=NoopStatus.DONE, retry_at=None, refresh=False)
