@@ -30,6 +30,7 @@ from hooks.records import records_with_type
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.statemachines import BinaryInstallError
+from workers.fencing import fenced, fenced_update
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +467,7 @@ class BinaryMixin:
         now = timezone.now()
         values.update(status=BinaryStatus.INSTALLED, retry_at=None, modified_at=now)
         manager = type(self)._default_manager
-        with transaction.atomic():
+        with fenced(self):  # in a runner's tick: only while its claim holds (workers.fencing)
             key = {k: values[k] for k in ("abspath", "version", "sha256")}
             duplicate = (
                 manager.filter(machine_id=self.machine_id, name=self.name, **key).exclude(pk=self.pk).first()
@@ -477,7 +478,7 @@ class BinaryMixin:
                 duplicate.process_set.update(binary=self)
                 duplicate.delete()
             try:
-                manager.filter(pk=self.pk).update(**values)
+                fenced_update(self, **values)
             except IntegrityError:
                 logger.exception("could not record the install of %s", self.name)
                 return False
@@ -492,7 +493,7 @@ class BinaryMixin:
         now = timezone.now()  # one clock reading for both: see is_backing_off
         values = {"status": BinaryStatus.QUEUED, "retry_at": now + RETRY_DELAY, "modified_at": now}
         manager = type(self)._default_manager
-        manager.filter(pk=self.pk).update(**values, num_uses_failed=models.F("num_uses_failed") + 1)
+        fenced_update(self, **values, num_uses_failed=models.F("num_uses_failed") + 1)
         for field, value in values.items():
             setattr(self, field, value)
         self.num_uses_failed = (

@@ -8,6 +8,7 @@ from django.utils import timezone
 from statemachine import State
 
 from machine.choices import BinaryStatus, ProcessStatus
+from workers.fencing import fenced_update
 from workers.models import BaseStateMachine
 
 
@@ -103,6 +104,5 @@ class ProcessMachine(BaseStateMachine):
         process = self.process
         if target.final:
             process.retry_at = None
-        type(process)._default_manager.filter(pk=process.pk).update(
-            status=process.status, retry_at=process.retry_at, modified_at=timezone.now()
-        )
+        # Fenced: in a runner's tick, written only while its claim holds (workers.fencing).
+        fenced_update(process, status=process.status, retry_at=process.retry_at, modified_at=timezone.now())

@@ -10,12 +10,10 @@ from django.db.models import Count
 
 def queue_counts(models) -> dict[str, dict[str, int]]:
     """{model name: {status: rows}} for the runner's models, scoped to this machine where they are."""
-    from workers.runner import claim_filter
-
     counts: dict[str, dict[str, int]] = {}
     for model in models:
         queryset = model._default_manager.all()
-        filters = claim_filter(model)
+        filters = model.claim_filter()
         if filters is not None:
             queryset = queryset.filter(filters)
         status = model.state_field_name

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 
-from django.db import transaction
 from django.db.models import F
 from statemachine import State
 
+from workers.fencing import fenced
 from workers.models import BaseStateMachine
 
 from .models import Effect, NoopStatus, Task, TaskStatus
@@ -28,10 +28,10 @@ class TaskMachine(BaseStateMachine):
         task = self.task
         Task.objects.filter(pk=task.pk).update(attempts=F("attempts") + 1)
         time.sleep(task.work_seconds)
-        # The side effect and the state change commit in one transaction, guarded by the status: a
-        # worker killed before the commit leaves no effect behind, so the retry after its claim
-        # expires runs it exactly once, and a stale ticker could never add a second effect.
-        with transaction.atomic():
+        # The side effect and the state change commit in one transaction, fenced by the tick's claim
+        # (and guarded by the status): a worker killed before the commit leaves no effect behind, so
+        # the retry runs it exactly once, and a ticker whose claim was taken over commits nothing.
+        with fenced(task):
             moved = Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
                 status=TaskStatus.DONE, retry_at=None
             )

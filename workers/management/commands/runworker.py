@@ -55,7 +55,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--until-idle",
             action="store_true",
-            help="Exit once no row is due or claimed (default: run until signalled)",
+            help="Exit once no row is due now or claimed by a worker, listing the rows that wait for a "
+            "retry (default: run until signalled)",
         )
         parser.add_argument(
             "--models",
@@ -95,9 +96,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--parent-id", default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--orchestrator-pid", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--state-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *, verbosity, workers, until_idle, models, poll, lock_seconds, batch, grace, heartbeat,
-               progress, worker, parent_id, **_):  # fmt: skip
+               progress, worker, parent_id, orchestrator_pid, state_file, **_):  # fmt: skip
         configure_logging(verbosity, self.stderr._out)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
         options = RunnerOptions(
@@ -115,7 +118,9 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if worker:
-            code = Worker(options, parent_id=parent_id).run()
+            code = Worker(
+                options, parent_id=parent_id or None, orchestrator_pid=orchestrator_pid, state_path=state_file
+            ).run()
         else:
             printer = ProgressPrinter(chosen, self.stderr._out) if progress else None
             code = Orchestrator(options, progress=printer).run()
