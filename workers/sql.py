@@ -41,20 +41,25 @@ def _sqlite_clock(seconds: float | None, digits: str) -> tuple[str, list]:
     return sql, [*params, digits]
 
 
-def clock_sql(vendor: str, seconds: float | None = None, nonce: bool = False) -> tuple[str, list]:
+def clock_sql(
+    vendor: str, seconds: float | None = None, nonce: bool = False, floor: bool = False
+) -> tuple[str, list]:
     """SQL of the database's time now (plus `seconds`), as a datetime column stores it.
 
     PostgreSQL: STATEMENT_TIMESTAMP() (one value per statement, microseconds). SQLite: strftime() of
     'now' (milliseconds) with three more digits: "999" for now itself (the end of this millisecond,
-    so a row written by Python in it is due), "000" past now, or with `nonce` a random 001-999, so
-    that two claims made in the same millisecond still get different tokens.
+    so a row written by Python in it is due), "000" past now or with `floor` (a value to store: not
+    later than Python's clock), or with `nonce` a random 001-999, so that two claims made in the
+    same millisecond still get different tokens.
     """
     if vendor == "postgresql":
         if seconds is None:
             return "STATEMENT_TIMESTAMP()", []
         return "(STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second')", [seconds]
     if vendor == "sqlite":
-        digits = f"{random.randint(1, 999):03d}" if nonce else ("999" if seconds is None else "000")
+        digits = (
+            f"{random.randint(1, 999):03d}" if nonce else ("999" if seconds is None and not floor else "000")
+        )
         return _sqlite_clock(seconds, digits)
     raise NotImplementedError(f"the runner supports PostgreSQL and SQLite, not {vendor}")
 
@@ -132,7 +137,7 @@ def move_statement(
             due_sql += f" AND {state} NOT IN ({', '.join(['%s'] * len(finals))})"
             due_params = [*due_params, *finals]
     to_sql, to_params = (
-        clock_sql(connection.vendor, lease, nonce=True) if lease else clock_sql(connection.vendor)
+        clock_sql(connection.vendor, lease, nonce=True) if lease else clock_sql(connection.vendor, floor=True)
     )
     field = model._meta.get_field(retry_field)
     pk_field = model._meta.pk

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from machine.models import Machine
+from machine.models import Machine, rows_of_this_machine
 from workers.models import ModelWithStateMachine
 
 
@@ -35,6 +35,11 @@ class Task(ModelWithStateMachine):
     retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
 
     state_machine_name = "tests.exampleapp.statemachines.TaskMachine"
+
+    @classmethod
+    def claim_filter(cls) -> models.Q:
+        """A task is done by a runner of its own machine."""
+        return rows_of_this_machine()
 
     def __str__(self) -> str:
         return f"Task[{self.pk}] {self.name} ({self.status})"
