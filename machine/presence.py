@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 
 import psutil
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from machine import detect, process_utils
@@ -96,17 +95,6 @@ def _row_is_alive(row) -> bool:
         return False
 
 
-def judgeable(boot_id: str, pid_namespace: str) -> Q:
-    """Rows whose pid means something here: launched in this boot and PID namespace.
-
-    Rows from before these were recorded (both NULL) are judged as before.
-    """
-    legacy = Q(boot_id__isnull=True, pid_namespace__isnull=True)
-    if not boot_id or not pid_namespace:
-        return legacy  # cannot tell where we are: judge only what we always judged
-    return legacy | Q(boot_id=boot_id, pid_namespace=pid_namespace)
-
-
 def close_stale_runner_rows(machine) -> int:
     """Close this machine's RUNNING orchestrator/worker rows whose OS process is gone; return how many.
 
@@ -117,8 +105,8 @@ def close_stale_runner_rows(machine) -> int:
     rows = Process.objects.filter(
         machine=machine, status=Process.StatusChoices.RUNNING, process_type__in=RUNNER_TYPES
     )
-    here = judgeable(detect.get_boot_id(), detect.get_pid_namespace())
-    elsewhere = rows.exclude(here).count()
+    here = rows.judgeable_here()
+    elsewhere = rows.count() - here.count()
     if elsewhere:
         logger.info(
             "leaving %d runner row(s) of another boot or PID namespace alone (their pids mean nothing here)",
@@ -126,7 +114,7 @@ def close_stale_runner_rows(machine) -> int:
         )
     closed = 0
     with transaction.atomic():
-        for row in rows.filter(here).only("pk", "pid", "os_start_time"):
+        for row in here.only("pk", "pid", "os_start_time"):
             if not _row_is_alive(row) and close_row(row, exit_code=137):
                 closed += 1
     if closed:

@@ -57,14 +57,16 @@ def _set_session(sender, connection, **kwargs) -> None:
 
 
 def is_connection_error(exc: BaseException, alias: str = "default") -> bool:
-    """True when `exc` means the database could not be reached (not that a statement was wrong)."""
+    """True when `exc` means the database could not be reached or used for now (not that a statement
+    was wrong): a lost PostgreSQL connection, or SQLite's write lock held past the busy timeout."""
     if isinstance(exc, InterfaceError):
         return True
     if not isinstance(exc, OperationalError):
         return False
     connection = connections[alias]
     if connection.vendor == "sqlite":
-        return False  # "database is locked" and the like: the file is there
+        message = str(exc).lower()
+        return "database is locked" in message or "database is busy" in message
     return connection.connection is None or connection.connection.closed or not connection.is_usable()
 
 

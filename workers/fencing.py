@@ -132,8 +132,7 @@ def fenced_update(obj: models.Model, **values) -> bool:
     with claim.mutex:
         if claim.lost:
             raise _lost(claim, "write")
-        updated = manager.filter(pk=obj.pk, **claim.guard()).update(**values) if values else 1
-        if values and updated != 1:
+        if values and not _update_row(model, claim, values):
             raise _lost(claim, "write")
         if deferred is None:
             claim.token, claim.retry_at = None, None
@@ -143,6 +142,18 @@ def fenced_update(obj: models.Model, **values) -> bool:
     if deferred is not UNSET:
         setattr(obj, retry_field, deferred)
     return True
+
+
+def _update_row(model, claim: Claim, values: dict) -> bool:
+    """The guarded UPDATE itself: our own cached statement for plain values, the ORM for expressions."""
+    if any(hasattr(value, "resolve_expression") for value in values.values()):
+        return model._default_manager.filter(pk=claim.pk, **claim.guard()).update(**values) == 1
+    statement, params = sql.fenced_update_statement(
+        model, claim.pk, values, retry_field=model.retry_at_field_name, token=claim.token
+    )
+    with connections[model._default_manager.db].cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.rowcount == 1
 
 
 def _apply(obj: models.Model, values: dict) -> None:

@@ -564,15 +564,26 @@ class Worker:
             )
 
     def _after_connection_error(self, claim: Claim, exc: BaseException) -> None:
-        """The database went away during the tick: no failure; hand the row back once it answers."""
+        """The database went away during the tick: no failure; hand the row back once it answers
+        (retried with backoff while the claim can still be ours, and through the grace period)."""
         logger.warning(
-            "tick of %s %s hit a lost database connection (%s); handing it back once the database answers",
+            "tick of %s %s hit an unavailable database (%s); handing it back once it answers",
             claim.label, claim.pk, failures.one_line(exc),
         )  # fmt: skip
         dbsession.reset()
-        past_grace = lambda: self._stop.is_set() and time.monotonic() > (self._stop_deadline or 0)  # noqa: E731
-        if dbsession.wait_for_database(past_grace, self._sleep):
-            self._release([claim])
+        backoff = dbsession.Backoff()
+        expires = claim.issued_at + claim.lease
+        while True:
+            try:
+                self._release([claim], quiet=True)
+                return
+            except DatabaseError:
+                dbsession.reset()
+            stopping_past_grace = self._stop.is_set() and time.monotonic() > (self._stop_deadline or 0)
+            if stopping_past_grace or time.monotonic() > expires:
+                logger.warning("%s %s: not handed back; its claim expires by itself", claim.label, claim.pk)
+                return
+            self._sleep(backoff.next())
 
     # follow-ups
 
@@ -757,8 +768,9 @@ class Worker:
         self._idle = True
         self._write_state()
 
-    def _release(self, held: list[Claim]) -> None:
-        """Hand these claims back to the queue (due now), where they are still ours."""
+    def _release(self, held: list[Claim], quiet: bool = False) -> None:
+        """Hand these claims back to the queue (due now), where they are still ours (`quiet`: raise
+        a database error instead of logging it)."""
         groups: dict[tuple, list] = collections.defaultdict(list)
         for claim in held:
             if claim.token is not None and not claim.lost:
@@ -767,6 +779,8 @@ class Worker:
             try:
                 released = model.release_claim(pks, token)
             except DatabaseError:
+                if quiet:
+                    raise
                 logger.warning("could not hand %s rows back; their claim will expire", model.__name__)
                 dbsession.reset()
                 continue

@@ -37,7 +37,7 @@ def _sqlite_clock(seconds: float | None, digits: str) -> tuple[str, list]:
         params.append(f"{seconds:+.3f} seconds")
     if not settings.USE_TZ:
         modifiers.append("'localtime'")
-    sql = "strftime(%s, 'now'" + "".join(f", {m}" for m in modifiers) + ") || %s"
+    sql = "(strftime(%s, 'now'" + "".join(f", {m}" for m in modifiers) + ") || %s)"
     return sql, [*params, digits]
 
 
@@ -245,3 +245,36 @@ def db_time(alias: str, seconds: float | None = None) -> datetime:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {clock}", params)
         return to_datetime(cursor.fetchone()[0], connection)
+
+
+_update_cache: dict[tuple, str] = {}
+
+
+def fenced_update_statement(
+    model: type[models.Model], pk, values: dict, *, retry_field: str, token: datetime | None
+) -> tuple[str, list]:
+    """UPDATE `values` (plain values, no expressions) on one row while its retry_at is `token`.
+
+    Portable SQL, written here rather than by QuerySet.update() because it runs once per tick and
+    compiling the same UPDATE every time would cost more than executing it; the text is cached per
+    model and field set.
+    """
+    alias = model._default_manager.db
+    connection = connections[alias]
+    fields = [model._meta.get_field(name) for name in values]
+    key = (model, alias, tuple(f.column for f in fields), token is None)
+    statement = _update_cache.get(key)
+    if statement is None:
+        qn = connection.ops.quote_name
+        table, pk_col, retry = _quote(model, model._meta.pk.name, retry_field)
+        sets = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+        guard = f"{retry} IS NULL" if token is None else f"{retry} = %s"
+        statement = _update_cache[key] = f"UPDATE {table} SET {sets} WHERE {pk_col} = %s AND {guard}"
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, values.values(), strict=True)
+    ]
+    params.append(model._meta.pk.get_db_prep_value(pk, connection))
+    if token is not None:
+        params.append(model._meta.get_field(retry_field).get_db_prep_value(token, connection))
+    return statement, params

@@ -72,3 +72,48 @@ class Noop(ModelWithStateMachine):
     retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
 
     state_machine_name = "tests.exampleapp.statemachines.NoopMachine"
+
+
+class ProbeMode(models.TextChoices):
+    SLEEP = "sleep", "sleep"  #: sleep work_seconds (releases the GIL)
+    GIL = (
+        "gil",
+        "hold the GIL",
+    )  #: a regular expression that backtracks for about work_seconds, holding the GIL
+    FAIL = "fail", "raise"  #: raise ValueError
+    FAIL_RESCHEDULE = "fail_reschedule", "reschedule, then raise"  #: ask to be due now, then raise
+    KILL = "kill", "SIGKILL its worker"  #: the tick kills the process running it (as an OOM kill would)
+    CHILD = "child", "start a child, then sleep"  #: start `sleep 600` in the background, then sleep
+
+
+class Probe(ModelWithStateMachine):
+    """A row for the fault-injection tests: each tick is logged (ProbeTick) and its result is one
+    ProbeResult committed with the state change in a fenced transaction, so lost, duplicated and
+    concurrent ticks can be counted exactly."""
+
+    StatusChoices = NoopStatus
+    active_state = NoopStatus.QUEUED
+
+    mode = models.CharField(max_length=16, choices=ProbeMode.choices, default=ProbeMode.SLEEP)
+    work_seconds = models.FloatField(default=0.0)
+    status = ModelWithStateMachine.StatusField(choices=NoopStatus.choices, default=NoopStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "tests.exampleapp.statemachines.ProbeMachine"
+
+
+class ProbeTick(models.Model):
+    """One tick of a Probe: when it began and ended by the database's clock, and whether its result committed."""
+
+    probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="ticks")
+    pid = models.IntegerField()
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True)
+    committed = models.BooleanField(default=False)
+
+
+class ProbeResult(models.Model):
+    """The side effect of a Probe's tick, written in the same fenced transaction as its final state."""
+
+    probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="results")
+    pid = models.IntegerField()
