@@ -11,7 +11,9 @@ role there, ALTER ROLE ... SET statement_timeout = ...).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
@@ -21,6 +23,10 @@ from workers import sql
 from workers.conf import workers_settings
 
 logger = logging.getLogger(__name__)
+
+
+#: SQLSTATEs of a server that is shutting down or starting: the statement was fine, try again later.
+CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 def configure(alias: str = "default") -> None:
@@ -51,6 +57,8 @@ def _set_session(sender, connection, **kwargs) -> None:
         idle_in_transaction_timeout=workers_settings.IDLE_IN_TRANSACTION_TIMEOUT,
         lock_timeout=workers_settings.LOCK_TIMEOUT,
         synchronous_commit=bool(workers_settings.SYNCHRONOUS_COMMIT),
+        # pg_stat_activity shows which runner process and thread a session belongs to.
+        application_name=f"runworker {os.getpid()} {threading.current_thread().name}",
     )
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -67,7 +75,11 @@ def is_connection_error(exc: BaseException, alias: str = "default") -> bool:
     if connection.vendor == "sqlite":
         message = str(exc).lower()
         return "database is locked" in message or "database is busy" in message
-    return connection.connection is None or connection.connection.closed or not connection.is_usable()
+    # PostgreSQL: the server's own word (SQLSTATE) when there is one. Class 08 is a connection
+    # exception, 57P01-57P03 a server shutting down or starting up; an OperationalError without a
+    # SQLSTATE comes from the client side (connection refused, lost, timed out).
+    sqlstate = getattr(exc.__cause__, "sqlstate", None) or ""
+    return not sqlstate or sqlstate.startswith("08") or sqlstate in CONNECTION_SQLSTATES
 
 
 def drop_broken(alias: str = "default") -> None:

@@ -62,6 +62,7 @@ class Listener:
     def __init__(self, alias: str = "default"):
         self.alias = alias
         self.connection: psycopg.Connection | None = None
+        self.fd = -1
 
     @staticmethod
     def wanted(alias: str = "default") -> bool:
@@ -78,7 +79,8 @@ class Listener:
         params.pop("context", None)
         self.connection = psycopg.connect(**params, autocommit=True)
         self.connection.execute(sql.listen_statement())
-        return self.connection.fileno()
+        self.fd = self.connection.fileno()
+        return self.fd
 
     def probe(self, timeout: float = 1.0) -> bool:
         """True if a NOTIFY sent through Django's connection reaches this listener in time."""

@@ -656,7 +656,7 @@ class Worker:
             payloads = listener.drain()
         except Exception as exc:  # the server went away: poll until it is back, then listen again
             logger.warning("listener connection lost (%s): polling until it is back", failures.one_line(exc))
-            self.loop.remove_reader(listener.connection.fileno() if listener.connection else -1)
+            self.loop.remove_reader(listener.fd)
             listener.close()
             self.listener = None
             self.loop.call_later(dbsession.Backoff(first=1.0).next(), self._reopen_listener)

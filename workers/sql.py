@@ -218,7 +218,7 @@ def listen_statement() -> str:
 
 def session_statement(
     *, statement_timeout: float | None, idle_in_transaction_timeout: float | None,
-    lock_timeout: float | None, synchronous_commit: bool,
+    lock_timeout: float | None, synchronous_commit: bool, application_name: str = "",
 ) -> tuple[str, list]:  # fmt: skip
     """One PostgreSQL statement setting the runner's session parameters (set_config, not SET: one trip)."""
     values = {
@@ -234,6 +234,9 @@ def session_statement(
     if not synchronous_commit:
         names.append("synchronous_commit")
         params.append("off")
+    if application_name:
+        names.append("application_name")
+        params.append(application_name[:63])
     calls = ", ".join(f"set_config('{name}', %s, false)" for name in names)
     return f"SELECT {calls}", params
 
