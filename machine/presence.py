@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import psutil
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from machine import detect, process_utils
@@ -151,13 +152,9 @@ def on_runner_heartbeat(sender, orchestrator, worker_pids, **kwargs) -> None:
     me = _rows.get("self")
     if me is None:
         return
-    pks = [
-        me.pk,
-        *Process.objects.filter(parent=me, pid__in=list(worker_pids), status="running").values_list(
-            "pk", flat=True
-        ),
-    ]
-    heartbeat(pks)
+    Process.objects.filter(
+        Q(pk=me.pk) | Q(parent=me, pid__in=list(worker_pids)), status=Process.StatusChoices.RUNNING
+    ).update(modified_at=timezone.now())
 
 
 def on_worker_exited(sender, orchestrator, pid, exit_code, **kwargs) -> None:

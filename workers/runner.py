@@ -385,16 +385,23 @@ class Worker:
         polling_max = workers_settings.IDLE_MAX_WAIT_POLLING
         idle_wait = poll
         due_models = list(self.models)
+        look_first = False  # after a quiet idle wait: one next-due query instead of a claim per model
         backoff = dbsession.Backoff()
         while not self._stop.is_set():
             try:
+                due = None
+                if look_first:
+                    due = next_due(self.models)
+                    due_models = [m for m, seconds in due.items() if seconds is not None and seconds <= 0]
+                    look_first = False
                 worked = self._round(due_models)
                 if worked:
                     backoff.reset()
                     idle_wait, due_models = poll, list(self.models)
                     continue
                 self._set_idle(True)
-                due = next_due(self.models)
+                if due is None or due_models:
+                    due = next_due(self.models)
                 backoff.reset()
             except DatabaseError as exc:
                 self._on_loop_error(exc, backoff)
@@ -420,6 +427,8 @@ class Worker:
             if self._notified:
                 due_models = [m for m in self.models if m._meta.label_lower in self._notified] or due_models
                 idle_wait = poll
+            elif not now_due:
+                look_first = True
 
     def _on_loop_error(self, exc: DatabaseError, backoff: dbsession.Backoff) -> None:
         if dbsession.is_connection_error(exc):
