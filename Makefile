@@ -56,6 +56,8 @@ bench: migrate
 	$(PY) bench/bench_process.py
 	$(PY) bench/bench_claims.py
 	$(PY) bench/bench_drain.py
+	$(PY) bench/bench_ticks.py
+	$(PY) bench/bench_idle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ WORKERS_RETRY_BASE = float(os.environ.get("WORKERS_RETRY_BASE", "10"))
 WORKERS_MAX_ATTEMPTS = int(os.environ.get("WORKERS_MAX_ATTEMPTS", "10"))
 WORKERS_LISTEN = os.environ.get("WORKERS_LISTEN", "auto") != "off" and "auto"
 WORKERS_POOLED = os.environ.get("WORKERS_POOLED", "") == "1"
+WORKERS_SYNCHRONOUS_COMMIT = os.environ.get("WORKERS_SYNCHRONOUS_COMMIT", "") == "1"
 
 # Fault-injection tests: a short SQLite busy timeout turns a held write lock into errors (what a
 # database outage is to PostgreSQL), and a clock offset simulates a host whose clock is off.

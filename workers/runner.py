@@ -698,6 +698,8 @@ class Worker:
                 try:
                     self._renew_current_if_overtime()
                     self._release_batch_if_waiting()
+                    if self._current is None:
+                        connections.close_all()  # (this thread's own: held only while a tick runs long)
                     if failing_since is not None:
                         logger.warning(
                             "heartbeat: the database answers again after %.1fs",

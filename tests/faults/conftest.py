@@ -359,3 +359,43 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+class PgBouncer:
+    """Debian's pgbouncer in transaction-pooling mode in front of a PostgresServer."""
+
+    def __init__(self, server: PostgresServer, pool_size: int = 10):
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        self.dir = Path(tempfile.mkdtemp(prefix="faults-pgbouncer-"))
+        self.port = _free_port()
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            f"[databases]\n* = host=127.0.0.1 port={server.port}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {self.dir / 'users.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
+            "server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.dir / 'log'}\n"
+        )
+        prefix = []
+        if os.geteuid() == 0:
+            for path in (self.dir, self.dir / "users.txt", self.dir / "pgbouncer.ini"):
+                shutil.chown(path, "postgres")
+            prefix = ["runuser", "-u", "postgres", "--"]
+        self.popen = subprocess.Popen(
+            [*prefix, binary, str(self.dir / "pgbouncer.ini")], stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("pgbouncer did not start")
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
