@@ -273,10 +273,11 @@ def fenced_update_statement(
         sets = ", ".join(f"{qn(f.column)} = %s" for f in fields)
         guard = f"{retry} IS NULL" if token is None else f"{retry} = %s"
         statement = _update_cache[key] = f"UPDATE {table} SET {sets} WHERE {pk_col} = %s AND {guard}"
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values.values(), strict=True)
-    ]
+    params = []
+    for field, value in zip(fields, values.values(), strict=True):
+        if hasattr(value, "prepare_database_save"):  # a model instance for a foreign key: its pk
+            value = value.prepare_database_save(field)
+        params.append(field.get_db_prep_save(value, connection))
     params.append(model._meta.pk.get_db_prep_value(pk, connection))
     if token is not None:
         params.append(model._meta.get_field(retry_field).get_db_prep_value(token, connection))

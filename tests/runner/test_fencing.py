@@ -118,3 +118,14 @@ def test_fenced_transaction_holds_the_row_against_a_renewal_until_it_commits():
         assert transaction.get_connection().in_atomic_block
     renewed, token = Noop.renew_claim([row.pk], claim.token, 60)
     assert renewed == [row.pk] and token > claim.token
+
+
+def test_a_fenced_write_takes_model_instances_for_foreign_keys():
+    from machine.models import Machine
+
+    (task,) = make_tasks(1)
+    other = Machine.objects.create(guid="fk-target")
+    row, claim = claim_one(Task, lease=60)
+    with ticking(claim):
+        row.update_and_requeue(machine=other, status="queued", refresh=False)
+    assert Task.objects.get(pk=task.pk).machine_id == other.pk and row.machine == other
