@@ -206,9 +206,18 @@ def test_poison_rows_are_recorded_backed_off_and_parked_and_until_idle_exits(fau
         "WORKERS_RESTART_BUDGET": "2",
         "WORKERS_RESTART_WINDOW": "2",
     }
-    runner = start_runner("--workers=2", "--until-idle", "--poll=0.05", "--batch=2", env=env)
-    assert runner.wait(120) == 0, runner.output()[-6000:]
+    poison = failing + rescheduling + killing
+    runner = start_runner("--workers=2", "--poll=0.05", "--batch=2", env=env)
+    parked = "SELECT count(*) FROM workers_tickfailure WHERE parked_at IS NOT NULL"
+    wait_for(lambda: fault_db.query(parked)[0][0] == len(poison), 120, "the poison rows to be parked")
+    wait_for(lambda: fault_db.counts(healthy)["committed"] == 12, 60, "the healthy rows")
+    runner.popen.send_signal(signal.SIGTERM)
+    assert runner.wait(60) == 0, runner.output()[-6000:]
     output = runner.output()
+    # --until-idle does not wait for rows backing off or parked: it lists them and exits.
+    idle = start_runner("--workers=1", "--until-idle", "--poll=0.05", env=env)
+    assert idle.wait(60) == 0, idle.output()[-3000:]
+    assert "wait for a retry (4 parked)" in idle.output()
     assert exact(fault_db.counts(healthy)) == ZERO and fault_db.counts(healthy)["committed"] == 12
     records = {
         int(pk): (attempts, parked, error, tb)
@@ -227,7 +236,6 @@ def test_poison_rows_are_recorded_backed_off_and_parked_and_until_idle_exits(fau
     parked_retry = fault_db.query("SELECT retry_at FROM exampleapp_probe WHERE id = %s", (killing[0],))[0][0]
     assert str(parked_retry).startswith("9999-01-01")
     assert "Traceback" not in output  # one line per failure in the log; tracebacks go to the record
-    assert "wait for a retry (4 parked)" in output
     assert "workers keep failing" in output  # the restart budget slowed the crash loop, never gave up
 
 
