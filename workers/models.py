@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 from django.db import models
 from django.utils import timezone
@@ -635,8 +636,6 @@ class TickFailure(models.Model):
 
     def queue_model(self) -> type[models.Model] | None:
         """The model of the failing row, or None when it is no longer installed."""
-        from django.apps import apps
-
         try:
             return apps.get_model(self.model)
         except (LookupError, ValueError):
