@@ -821,9 +821,15 @@ def _send(sig, **kwargs) -> None:
                 dbsession.reset()
 
 
+_cleanup_gave_up = threading.Event()
+
+
 def _bounded(fn: Callable[[], object], seconds: float = CLEANUP_DB_SECONDS) -> None:
     """Run `fn` (database work at shutdown) but give up on it after `seconds`: a frozen database
-    must not hang a stopping process. The thread is a daemon and dies with the process."""
+    must not hang a stopping process. The thread is a daemon and dies with the process. Once one
+    step gave up, the later ones are skipped: the database is not answering."""
+    if _cleanup_gave_up.is_set():
+        return
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -839,6 +845,7 @@ def _bounded(fn: Callable[[], object], seconds: float = CLEANUP_DB_SECONDS) -> N
     thread = threading.Thread(target=target, name="bounded-cleanup", daemon=True)
     thread.start()
     if not done.wait(seconds):
+        _cleanup_gave_up.set()
         logger.warning("the database did not answer within %.0fs; leaving the rest to expire", seconds)
     elif errors:
         logger.warning("cleanup step failed: %s", failures.one_line(errors[0]))

@@ -94,12 +94,17 @@ class PostgresServer:
         return [postmaster, *postmaster.children(recursive=True)]
 
     def freeze(self) -> None:
-        for proc in self.processes():
-            proc.send_signal(signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
         for proc in self.processes():
-            proc.send_signal(signal.SIGCONT)
+            try:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass  # a backend that ended meanwhile
 
     def url(self, database: str) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
