@@ -519,8 +519,11 @@ class Worker:
         """After a clean tick: forget old failures; write the schedule it asked for, or keep the row."""
         if had_failures:
             failures.clear_failures(claim.model, [claim.pk])
-        if claim.lost or claim.token is None or claim.retry_at is UNSET:
-            return  # final, lost, or nothing asked: the claim runs out (a retry after the lease)
+        if claim.lost or claim.token is None:
+            return  # final, or lost
+        if claim.retry_at is UNSET:
+            self._keep_if_rescheduled_soon(claim, row)
+            return
         asked = claim.retry_at
         model = claim.model
         due_in = (asked - timezone.now()).total_seconds()
@@ -544,6 +547,26 @@ class Worker:
                 claim.label,
                 claim.pk,
             )
+
+    def _keep_if_rescheduled_soon(self, claim: Claim, row) -> None:
+        """A tick that wrote its own schedule straight to the row (not through workers.fencing, as
+        machine.Process does today): if it is due again within half a claim, claim it back (guarded
+        by that schedule) and tick it here, as the worker that launched a Process must poll it.
+        A tick that asked nothing leaves its claim to run out (a retry after the lease)."""
+        model = claim.model
+        due = getattr(row, model.retry_at_field_name)
+        if due is None or due == claim.token or getattr(row, model.state_field_name) in model.FINAL_STATES:
+            return
+        if (due - timezone.now()).total_seconds() > claim.lease / 2:
+            return
+        if len(self._follow) >= FOLLOW_UP_BATCHES * self.options.batch:
+            return
+        moved, token = claims.move_claims(model, [claim.pk], token=due, lease=claim.lease)
+        if moved:
+            claim.token, claim.issued_at = token, time.monotonic()
+            setattr(row, model.retry_at_field_name, token)
+            with self._mutex:
+                self._follow.append(_FollowUp(claim, row, due))
 
     def _failed(self, claim: Claim, row, exc: Exception) -> None:
         """Record the failure (one log line; the traceback goes to the record) and back the row off."""

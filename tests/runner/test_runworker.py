@@ -221,3 +221,28 @@ def test_models_option_restricts_the_queues():
 def test_bad_options_are_clear_errors(arg):
     with pytest.raises(CommandError):
         call_command("runworker", arg)
+
+
+def test_until_idle_waits_for_the_processes_its_workers_launched_and_records_their_exit_codes(
+    start_runner, tmp_path
+):
+    from machine.models import Machine
+
+    machine = Machine.current()
+    rows = []
+    for i in range(3):
+        pwd = tmp_path / f"p{i}"
+        pwd.mkdir()
+        rows.append(
+            Process.objects.create(
+                machine=machine, cmd=["sh", "-c", "sleep 1.5; exit 3"], pwd=str(pwd), timeout=30
+            )
+        )
+
+    runner = start_runner("--workers=2", "--until-idle", "--poll=0.05", "--models=machine.Process")
+    assert runner.wait(60) == 0, runner.output()
+
+    for row in rows:
+        row.refresh_from_db()
+        # Polled and reaped by the worker that launched it (only it can learn the exit code).
+        assert (row.status, row.exit_code) == ("exited", 3)
