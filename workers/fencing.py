@@ -1,8 +1,9 @@
 """Fenced writes: a tick's result commits only while the tick still holds its row's claim.
 
 A claim is the row's retry_at moved to the database's now + lease; the value written is the claim's
-token. Tokens only grow: a claim is taken only when retry_at <= now and writes now + lease > now
-(both by the database's clock), so no later claim of a row can ever reuse an earlier claim's token.
+token. A later claim's token is always greater: a claim is taken only when retry_at <= now and writes
+now + lease > now (both by the database's clock), so no later claim of a row can ever reuse an
+earlier claim's token. (A renewal replaces the holder's own token and need not be greater.)
 A write that must not happen once the claim is lost is guarded by the token:
 
 - `fenced_update(row, **values)`: one UPDATE ... WHERE pk = %s AND retry_at = <token>;
