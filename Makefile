@@ -74,6 +74,8 @@ bench: migrate
 	$(PY) bench/bench_process.py
 	$(PY) bench/bench_claims.py
 	$(PY) bench/bench_drain.py
+	$(PY) bench/bench_ticks.py
+	$(PY) bench/bench_idle.py
 
 ## Build the sdist and wheel into dist/ (what .ci/wheel-smoke installs into a fresh virtualenv).
 dist: install

@@ -12,3 +12,7 @@ class MachineConfig(AppConfig):
     def ready(self) -> None:
         checks.register()
         connection_created.connect(sqlite.tune_connection, dispatch_uid="machine.sqlite.tune_connection")
+        # The runner's processes become Process rows through its lifecycle signals.
+        from machine import presence
+
+        presence.connect()

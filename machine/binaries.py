@@ -34,6 +34,7 @@ from machine.conf import machine_settings
 from machine.processes import refuse_foreign_machine
 from machine.redaction import mask_text
 from machine.statemachines import BinaryInstallError
+from workers.fencing import fenced, fenced_update
 
 logger = logging.getLogger(__name__)
 
@@ -541,7 +542,7 @@ class BinaryMixin:
         now = timezone.now()
         values.update(status=BinaryStatus.INSTALLED, retry_at=None, modified_at=now)
         manager = type(self)._default_manager
-        with transaction.atomic():
+        with fenced(self):  # in a runner's tick: only while its claim holds (workers.fencing)
             key = {k: values[k] for k in ("abspath", "version", "sha256")}
             duplicate = (
                 manager.filter(machine_id=self.machine_id, name=self.name, **key).exclude(pk=self.pk).first()
@@ -549,7 +550,7 @@ class BinaryMixin:
             if duplicate is not None:
                 absorb_duplicate(self, duplicate)
             try:
-                manager.filter(pk=self.pk).update(**values)
+                fenced_update(self, **values)
             except IntegrityError:
                 logger.exception("could not record the install of %s", self.name)
                 return False
@@ -565,7 +566,7 @@ class BinaryMixin:
         now = timezone.now()  # one clock reading for both: see is_backing_off
         values = {"status": BinaryStatus.QUEUED, "retry_at": now + RETRY_DELAY, "modified_at": now}
         manager = type(self)._default_manager
-        manager.filter(pk=self.pk).update(**values, num_uses_failed=models.F("num_uses_failed") + 1)
+        fenced_update(self, **values, num_uses_failed=models.F("num_uses_failed") + 1)
         for field, value in values.items():
             setattr(self, field, value)
         self.num_uses_failed = (

@@ -136,6 +136,19 @@ def get_host_guid() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:32]
 
 
+def get_boot_id() -> str:
+    """This boot's random id (changes at every boot; shared by every PID namespace of the host); '' if unknown."""
+    return _read_text("/proc/sys/kernel/random/boot_id")[:36]
+
+
+def get_pid_namespace() -> str:
+    """This process's PID namespace, e.g. 'pid:[4026531836]' (pids mean something only inside it); '' if unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")[:64]
+    except OSError:
+        return ""
+
+
 def _os_release_name() -> str:
     system = platform.system()
     if system == "Linux":

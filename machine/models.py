@@ -175,6 +175,29 @@ def _find_existing_binary_for_reference(machine: Machine, reference: str) -> Bin
     return None
 
 
+def rows_of_this_machine() -> models.Q:
+    """The rows a runner on this host may claim: those of Machine.current() (the claim_filter() of Binary/Process)."""
+    return models.Q(machine=Machine.current())
+
+
+#: A RUNNING Process row nobody polled for this long is anyone's (its launcher is gone).
+LAUNCHER_ABANDONED_AFTER = timedelta(seconds=60)
+
+
+def launcher_affinity() -> models.Q:
+    """A RUNNING Process is polled by the worker that launched it (its child): only the parent can
+    reap a child and learn its true exit code. So a worker takes a RUNNING row only if the pid is its
+    own child, or if nobody polled the row for a while (its launcher is gone). Queued rows are anyone's.
+    """
+    own_children = [child.pid for child in psutil.Process().children()]
+    abandoned_before = timezone.now() - LAUNCHER_ABANDONED_AFTER
+    return (
+        ~models.Q(status=ProcessStatus.RUNNING)
+        | models.Q(pid__in=own_children)
+        | models.Q(retry_at__lt=abandoned_before)
+    )
+
+
 class MachineManager(models.Manager):
     def current(self) -> Machine:
         return Machine.current()
@@ -536,6 +559,11 @@ class Binary(BinaryMixin, ModelWithUUIDv7, ModelWithHealthStats, ModelWithStateM
     def __str__(self) -> str:
         return f"{self.name}@{self.binprovider}+{self.abspath}@{self.version}"
 
+    @classmethod
+    def claim_filter(cls) -> models.Q:
+        """A runner installs the binaries of its own machine only."""
+        return rows_of_this_machine()
+
     @property
     def is_valid(self) -> bool:
         """A resolved path and the installed status."""
@@ -702,6 +730,10 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     os_start_time = models.FloatField(null=True, blank=True)
     #: Per-launch marker put in the child's environment, to find descendants that escaped the tree.
     launch_marker = models.CharField(max_length=64, default="", blank=True)
+    #: The boot (/proc/sys/kernel/random/boot_id) and PID namespace the process was launched in: its
+    #: pid is only judged (alive, gone, reused) by a process of the same boot and namespace.
+    boot_id = models.CharField(max_length=36, null=True, blank=True)
+    pid_namespace = models.CharField(max_length=64, null=True, blank=True)
 
     binary = models.ForeignKey(
         Binary,
@@ -756,6 +788,11 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
         # The argv may carry `--token=...`: show it masked (the admin, logs and history use str()).
         secrets = self.__dict__.get("_launch_mask_values") or secret_values(self.cmd or [], self.env or {})
         return f"Process[{self.id}] {shlex.join(mask_cmd(self.cmd or [], secrets))[:60]} ({self.status})"
+
+    @classmethod
+    def claim_filter(cls) -> models.Q:
+        """A runner launches its own machine's processes, and polls those it launched (launcher_affinity)."""
+        return rows_of_this_machine() & launcher_affinity()
 
     @classmethod
     def current(cls) -> Process:

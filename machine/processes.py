@@ -26,6 +26,7 @@ from django.utils import timezone
 from machine import process_utils, sealing, signals
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
+from machine.detect import get_boot_id, get_pid_namespace
 from machine.process_files import ProcessFilesMixin
 from machine.redaction import mask_cmd, mask_env, mask_text
 
@@ -181,6 +182,16 @@ class ProcessQuerySet(models.QuerySet):
 
     def of_type(self, process_type: str | None) -> ProcessQuerySet:
         return self if not process_type else self.filter(process_type=process_type)
+
+    def judgeable_here(self) -> ProcessQuerySet:
+        """Rows whose pid means something to this process: launched in this boot and PID namespace,
+        or from before those were recorded (both NULL). A clone of this host (same host id) in
+        another container must never judge, and close, the live processes of another namespace."""
+        legacy = Q(boot_id__isnull=True, pid_namespace__isnull=True)
+        boot_id, namespace = get_boot_id(), get_pid_namespace()
+        if not boot_id or not namespace:
+            return self.filter(legacy)
+        return self.filter(legacy | Q(boot_id=boot_id, pid_namespace=namespace))
 
     def launched(self) -> ProcessQuerySet:
         """Rows we spawned (they carry a launch marker) and hooks, as opposed to self-registered ones."""
@@ -785,6 +796,7 @@ class ProcessMixin(ProcessFilesMixin):
         rows = (
             cls._default_manager.running()
             .on_machine(machine)
+            .judgeable_here()
             .values_list(
                 "pk", "pid", "started_at", "os_start_time", "cmd", "timeout", "process_type", "launch_marker"
             )

@@ -1,9 +1,9 @@
-"""The claim: move due rows' retry_at into the future so exactly one worker owns them.
+"""The claim: move due rows' retry_at to the database's now + lease, so exactly one worker owns them.
 
-One small function per database vendor. Both are a single statement, so two workers can never
-both win a row: PostgreSQL locks the candidate rows with FOR UPDATE SKIP LOCKED (concurrent
-claimers skip each other's rows instead of waiting), SQLite serialises writers on the database
-lock and re-checks the WHERE clause under it.
+Every claim is one statement (workers.sql has its text per vendor), so two workers can never both
+win a row: PostgreSQL locks the candidate rows with FOR UPDATE SKIP LOCKED (concurrent claimers
+skip each other's rows instead of waiting), SQLite serialises writers on the database lock and
+re-checks the WHERE clause under it. The retry_at a claim writes is its token (workers.fencing).
 """
 
 from __future__ import annotations
@@ -11,23 +11,14 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from django.db import connections, models, transaction
+from django.db import connections, models
 
-
-def _sql_names(model: type[models.Model], state_field: str, retry_field: str) -> tuple[str, str, str, str]:
-    meta = model._meta
-    qn = connections[model.objects.db].ops.quote_name
-    return (
-        qn(meta.db_table),
-        qn(meta.pk.column),
-        qn(meta.get_field(state_field).column),
-        qn(meta.get_field(retry_field).column),
-    )
-
+from workers import sql
 
 _claim_lock_files: dict[str, int] = {}
 _claim_lock_guard = threading.Lock()
@@ -60,67 +51,44 @@ def sqlite_claim_lock(connection):
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _claim_sql(model, *, state_field, retry_field, final_states, now, until, limit, extra_where, returning):
-    """One UPDATE that claims up to `limit` due rows and returns `returning` of each."""
-    candidates = model._default_manager.filter(**{f"{retry_field}__lte": now}).exclude(
-        **{f"{state_field}__in": final_states}
+def due_rows(model, extra_where: models.Q | None = None) -> models.QuerySet:
+    """Rows of `model` due now by the database's clock and not in a final state."""
+    queryset = model._default_manager.filter(**{f"{model.retry_at_field_name}__lte": sql.DbNow()}).exclude(
+        **{f"{model.state_field_name}__in": model.FINAL_STATES}
     )
-    if extra_where is not None:
-        candidates = candidates.filter(extra_where)
-    candidates = candidates.order_by(retry_field).values("pk")[:limit]
-    alias = model._default_manager.db
-    connection = connections[alias]
-    table, pk, _state, retry = _sql_names(model, state_field, retry_field)
-    field = model._meta.get_field(retry_field)
-    inner_sql, inner_params = candidates.query.get_compiler(using=alias).as_sql()
-    if connection.vendor == "postgresql":
-        # Concurrent claimers skip each other's candidate rows instead of queueing behind them.
-        # (Appended by hand: Django only compiles select_for_update() inside atomic(), and one
-        # statement in autocommit needs no BEGIN/COMMIT round trips.)
-        inner_sql += " FOR UPDATE SKIP LOCKED"
-    # retry_at <= now is re-checked in the outer statement: on SQLite the subquery and the update
-    # run under one write lock, on PostgreSQL the locked rows are re-read after the lock is taken.
-    sql = (
-        f"UPDATE {table} SET {retry} = %s WHERE {pk} IN ({inner_sql}) AND {retry} <= %s RETURNING {returning}"
+    return queryset if extra_where is None else queryset.filter(extra_where)
+
+
+def pending_rows(model, extra_where: models.Q | None = None) -> models.QuerySet:
+    """Rows of `model` with a schedule (retry_at set) and not in a final state: due now or later."""
+    queryset = model._default_manager.filter(**{f"{model.retry_at_field_name}__isnull": False}).exclude(
+        **{f"{model.state_field_name}__in": model.FINAL_STATES}
     )
-    params = [
-        field.get_db_prep_value(until, connection),
-        *inner_params,
-        field.get_db_prep_value(now, connection),
-    ]
-    return sql, params
+    return queryset if extra_where is None else queryset.filter(extra_where)
 
 
-def claim_due_instances(
-    model: type[models.Model],
-    *,
-    state_field: str,
-    retry_field: str,
-    final_states: list[str],
-    now: datetime,
-    until: datetime,
-    limit: int,
-    extra_where: models.Q | None = None,
-) -> list:
-    """Claim up to `limit` due rows (retry_at <= now, not final) by setting retry_at = until.
+def claim_due_instances(model, *, lease: float, limit: int, extra_where: models.Q | None = None) -> list:
+    """Claim up to `limit` due rows (oldest retry_at first) for `lease` seconds; return them whole.
 
-    The one statement returns the claimed rows whole (as model instances, in pk order): no second query.
+    One statement claims the rows and returns every column (as model instances, in pk order); each
+    row's retry_at is the claim's token.
     """
     if limit <= 0:
         return []
     alias = model._default_manager.db
     connection = connections[alias]
     fields = model._meta.concrete_fields
-    returning = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    options = dict(
-        state_field=state_field, retry_field=retry_field, final_states=final_states, now=now,
-        until=until, limit=limit, extra_where=extra_where, returning=returning,
-    )  # fmt: skip
-    sql, params = _claim_sql(model, **options)
-    # One statement: atomic on its own (autocommit), or part of the caller's transaction.
+    candidates = due_rows(model, extra_where).order_by(model.retry_at_field_name)[:limit]
+    statement, params = sql.claim_statement(
+        model,
+        candidates,
+        retry_field=model.retry_at_field_name,
+        lease=lease,
+        returning=[f.column for f in fields],
+    )
     with sqlite_claim_lock(connection):
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(statement, params)
             raw_rows = cursor.fetchall()
     return sorted(_instances(model, alias, connection, fields, raw_rows), key=lambda row: row.pk)
 
@@ -146,61 +114,53 @@ def _instances(model, alias, connection, fields, raw_rows) -> list:
     return instances
 
 
-def claim_one(
-    model: type[models.Model],
-    pk,
-    *,
-    state_field: str,
-    retry_field: str,
-    final_states: list[str],
-    expected_retry_at: datetime | None,
-    now: datetime,
-    until: datetime,
-    extra: dict | None = None,
-) -> bool:
-    """Conditional update of one row: wins only if its retry_at is still what the caller saw and due.
-
-    `extra` are more columns the same statement writes (e.g. modified_at).
-    """
-    if expected_retry_at is None or expected_retry_at > now:
-        return False
-    updated = (
-        model._default_manager.filter(pk=pk, **{retry_field: expected_retry_at, f"{retry_field}__lte": now})
-        .exclude(**{f"{state_field}__in": final_states})
-        .update(**{retry_field: until, **(extra or {})})
-    )
-    return updated == 1
+def claim_one(model, pk, *, expected_retry_at: datetime, lease: float) -> datetime | None:
+    """Claim one row if its retry_at is still what the caller saw and it is due; return the token."""
+    moved, token = _move(model, [pk], token=expected_retry_at, lease=lease, due_only=True)
+    return token if moved else None
 
 
 def move_claims(
-    model: type[models.Model],
-    pks: list,
-    *,
-    retry_field: str,
-    expected: datetime,
-    until: datetime,
-) -> list:
-    """Set retry_at = until on the rows of `pks` whose retry_at is still `expected`; return those pks.
+    model, pks: Sequence, *, token: datetime, lease: float | None
+) -> tuple[list, datetime | None]:
+    """Move the claim `token` on `pks` to the database's now + lease (now: hand back); (pks moved, new token).
 
-    The guard makes this safe against a claim that already expired and was taken by another worker
-    (its retry_at changed) and against a tick that rescheduled its own row (ditto): only a claim we
-    still hold is moved. Used to renew a claim (until in the future) and to hand it back (until = now).
+    Guarded by the token, so only a claim still held is moved: never one that expired and was taken
+    by another worker, nor a row a tick rescheduled. A hand-back announces the rows (NOTIFY).
     """
-    if not pks:
-        return []
+    moved, new_token = _move(model, pks, token=token, lease=lease)
+    if moved and lease is None:
+        notify_due(model)
+    return moved, new_token
+
+
+def _move(model, pks, *, token, lease, due_only: bool = False) -> tuple[list, datetime | None]:
+    if not pks or token is None:
+        return [], None
     alias = model._default_manager.db
     connection = connections[alias]
-    table, pk, _state, retry = _sql_names(model, retry_field, retry_field)
-    field = model._meta.get_field(retry_field)
-    pk_field = model._meta.pk
-    placeholders = ", ".join(["%s"] * len(pks))
-    sql = f"UPDATE {table} SET {retry} = %s WHERE {retry} = %s AND {pk} IN ({placeholders}) RETURNING {pk}"
-    params = [
-        field.get_db_prep_value(until, connection),
-        field.get_db_prep_value(expected, connection),
-        *(pk_field.get_db_prep_value(value, connection) for value in pks),
-    ]
-    with transaction.atomic(using=alias), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    due_unless = (model.state_field_name, list(model.FINAL_STATES)) if due_only else None
+    statement, params = sql.move_statement(
+        model,
+        list(pks),
+        retry_field=model.retry_at_field_name,
+        token=token,
+        lease=lease,
+        due_unless=due_unless,
+    )
+    with sqlite_claim_lock(connection), connection.cursor() as cursor:
+        cursor.execute(statement, params)
         rows = cursor.fetchall()
-    return [pk_field.to_python(row[0]) for row in rows]
+    pk_field = model._meta.pk
+    moved = [pk_field.to_python(row[0]) for row in rows]
+    return moved, (sql.to_datetime(rows[0][1], connection) if rows else None)
+
+
+def notify_due(model, scope: str = "") -> None:
+    """Announce that rows of `model` became due (PostgreSQL NOTIFY, at commit); nothing elsewhere."""
+    connection = connections[model._default_manager.db]
+    statement = sql.notify_statement(connection.vendor, f"{model._meta.label_lower}|{scope}")
+    if statement is None:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(*statement)

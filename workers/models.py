@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 from django.db import models
 from django.utils import timezone
@@ -20,7 +21,8 @@ from django.utils.module_loading import import_string
 from statemachine import State, StateMachine, registry
 from statemachine.mixins import MachineMixin
 
-from workers.claims import claim_due_instances, claim_one, move_claims
+from workers import claims, fencing
+from workers.sql import DbNow
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +280,7 @@ class BaseModelWithStateMachine(MachineMixin, models.Model):
     def get_queue(cls) -> models.QuerySet:
         """Rows due now (retry_at <= now) and not in a final state, oldest schedule first."""
         return (
-            cls._default_manager.filter(**{f"{cls.retry_at_field_name}__lte": timezone.now()})
+            cls._default_manager.filter(**{f"{cls.retry_at_field_name}__lte": DbNow()})
             .exclude(**{f"{cls.state_field_name}__in": cls.FINAL_STATES})
             .order_by(cls.retry_at_field_name)
         )
@@ -288,66 +290,62 @@ class BaseModelWithStateMachine(MachineMixin, models.Model):
         return any(f.name == "modified_at" for f in cls._meta.concrete_fields)
 
     @classmethod
+    def claim_filter(cls) -> models.Q | None:
+        """Rows of this model that the runner in this process may claim (None: all of them).
+
+        The runner knows queue models only through this and `runner_attach()`. Override it to bind
+        rows to a host, a tenant or a worker pool (machine.Binary/Process: rows of this machine).
+        """
+        return None
+
+    @classmethod
+    def runner_attach(cls, loop) -> None:
+        """Called once in each worker process after it starts, with the worker's event loop
+        (workers.loop.EventLoop): a model may add readers (e.g. child pidfds) or timers to it."""
+
+    @classmethod
     def claim_for_worker(cls, obj: BaseModelWithStateMachine, lock_seconds: int = 60) -> bool:
         """Atomically move a due row's retry_at `lock_seconds` ahead; True only for the one winner.
 
-        One conditional UPDATE (retry_at still what `obj` saw, and due); the winner's `obj` gets the
-        new retry_at (and modified_at) in memory, as in the original.
+        One conditional UPDATE (retry_at still what `obj` saw, and due by the database's clock); the
+        winner's `obj` gets the new retry_at (and modified_at) in memory, as in the original.
         """
-        now = timezone.now()
-        until = now + timedelta(seconds=lock_seconds)
-        won = claim_one(
-            cls,
-            obj.pk,
-            state_field=cls.state_field_name,
-            retry_field=cls.retry_at_field_name,
-            final_states=cls.FINAL_STATES,
-            expected_retry_at=getattr(obj, cls.retry_at_field_name),
-            now=now,
-            until=until,
-            extra={"modified_at": now} if cls._has_modified_at() else None,
-        )
-        if won:
-            setattr(obj, cls.retry_at_field_name, until)
-            if cls._has_modified_at():
-                obj.modified_at = now
-        return won
+        expected = getattr(obj, cls.retry_at_field_name)
+        if expected is None:
+            return False
+        token = claims.claim_one(cls, obj.pk, expected_retry_at=expected, lease=lock_seconds)
+        if token is None:
+            return False
+        setattr(obj, cls.retry_at_field_name, token)
+        if cls._has_modified_at():
+            obj.modified_at = (
+                cls._default_manager.filter(pk=obj.pk).values_list("modified_at", flat=True).first()
+            )
+        return True
 
     @classmethod
     def claim_batch(cls, limit: int = 10, lock_seconds: int = 60, filters: models.Q | None = None) -> list:
-        """Claim up to `limit` due rows in one statement and return them (already claimed)."""
-        now = timezone.now()
-        # One statement claims the rows and returns them (UPDATE ... RETURNING every column).
-        return claim_due_instances(
-            cls,
-            state_field=cls.state_field_name,
-            retry_field=cls.retry_at_field_name,
-            final_states=cls.FINAL_STATES,
-            now=now,
-            until=now + timedelta(seconds=lock_seconds),
-            limit=limit,
-            extra_where=filters,
-        )
+        """Claim up to `limit` due rows in one statement and return them (already claimed).
+
+        Each row's retry_at is the claim's token: the database's now + lock_seconds, the same for
+        the whole batch.
+        """
+        return claims.claim_due_instances(cls, lease=lock_seconds, limit=limit, extra_where=filters)
 
     @classmethod
     def renew_claim(cls, pks: list, claimed_until, lock_seconds: int = 60) -> tuple[list, object]:
-        """Push the claim on `pks` (held until `claimed_until`) `lock_seconds` ahead.
+        """Push the claim `claimed_until` (its token) on `pks` to the database's now + `lock_seconds`.
 
-        Returns (renewed pks, new until). A row missing from the result is no longer ours: its claim
+        Returns (renewed pks, new token). A row missing from the result is no longer ours: its claim
         expired and another worker took it, or a tick already rescheduled it.
         """
-        until = timezone.now() + timedelta(seconds=lock_seconds)
-        renewed = move_claims(
-            cls, list(pks), retry_field=cls.retry_at_field_name, expected=claimed_until, until=until
-        )
-        return renewed, until
+        return claims.move_claims(cls, list(pks), token=claimed_until, lease=lock_seconds)
 
     @classmethod
     def release_claim(cls, pks: list, claimed_until) -> list:
         """Hand claimed rows back to the queue (due now), if the claim is still ours; return their pks."""
-        return move_claims(
-            cls, list(pks), retry_field=cls.retry_at_field_name, expected=claimed_until, until=timezone.now()
-        )
+        released, _token = claims.move_claims(cls, list(pks), token=claimed_until, lease=None)
+        return released
 
     def claim_processing_lock(self, lock_seconds: int = 60) -> bool:
         """Claim this row for the calling worker; False for a final row or one with no retry_at."""
@@ -406,9 +404,24 @@ class BaseModelWithStateMachine(MachineMixin, models.Model):
         True when the row was written. With `refresh` (the default) the instance is reloaded either
         way; without it, a successful write is applied to the instance.
         """
+        if fencing.claim_for(self) is not None:
+            return self._fenced_update_and_requeue(kwargs, refresh)
         current = self.RETRY_AT
         guard = {self.retry_at_field_name: current}  # None compares as IS NULL
         return self.safe_update(dict(kwargs), refresh=refresh, extra_filter=guard)
+
+    def _fenced_update_and_requeue(self, kwargs: dict[str, Any], refresh: bool) -> bool:
+        """In this row's tick: the write is fenced by the claim (ClaimLost if it was taken over), and
+        a new retry_at takes effect when the tick returns (workers.fencing)."""
+        values = dict(kwargs)
+        if self._has_modified_at():
+            values.setdefault("modified_at", timezone.now())
+        fencing.fenced_update(self, **values)
+        if refresh:
+            asked = self.RETRY_AT
+            self.refresh_from_db()
+            self.RETRY_AT = asked  # the schedule the tick asked for, not the claim it still holds
+        return True
 
     def pause(self, *, save: bool = True) -> bool:
         """Hold the row (status PAUSED, never due); False without a PAUSED status or when final/paused."""
@@ -574,3 +587,56 @@ class ModelWithStateMachine(BaseModelWithStateMachine):
 
     class Meta(BaseModelWithStateMachine.Meta):
         abstract = True
+
+
+class TickFailure(models.Model):
+    """The failed ticks of one queue row since it last ticked cleanly (deleted by its next clean tick).
+
+    A row that keeps failing is backed off exponentially and, after `WORKERS_MAX_ATTEMPTS`, parked:
+    its retry_at is set to never (RETRY_AT_MAX) until an operator re-queues it (admin action,
+    `manage.py requeue`). A tick that killed its worker process counts as a failure too.
+    """
+
+    #: The queue row: its model ("app_label.ModelName") and primary key (as text).
+    model = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=64)
+    attempts = models.PositiveIntegerField(default=0)
+    #: The last error on one line ("ValueError: bad input"); its traceback below.
+    error = models.CharField(max_length=500, blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    #: When the row is due again (by the database's clock); None while parked.
+    retry_at = models.DateTimeField(null=True, blank=True)
+    parked_at = models.DateTimeField(null=True, blank=True)
+    #: host:pid of the worker whose tick failed last.
+    worker = models.CharField(max_length=128, blank=True, default="")
+
+    class Meta:
+        verbose_name = "tick failure"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "object_id"], name="workers_one_failure_per_row")
+        ]
+        indexes = [models.Index(fields=["parked_at"])]
+        ordering = ["-last_failed_at"]
+
+    def __str__(self) -> str:
+        state = (
+            "parked"
+            if self.parked_at
+            else f"retry at {self.retry_at:%Y-%m-%d %H:%M:%S}"
+            if self.retry_at
+            else ""
+        )
+        return f"{self.model} {self.object_id}: {self.attempts} failed attempt(s), {state}"
+
+    @property
+    def is_parked(self) -> bool:
+        return self.parked_at is not None
+
+    def queue_model(self) -> type[models.Model] | None:
+        """The model of the failing row, or None when it is no longer installed."""
+        try:
+            return apps.get_model(self.model)
+        except (LookupError, ValueError):
+            return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.db.models import Count
 
 from workers.console import Console, LiveLine
-from workers.runner import claim_filter
 
 
 def queue_counts(models) -> dict[str, dict[str, int]]:
@@ -13,7 +12,7 @@ def queue_counts(models) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for model in models:
         queryset = model._default_manager.all()
-        filters = claim_filter(model)
+        filters = model.claim_filter()
         if filters is not None:
             queryset = queryset.filter(filters)
         status = model.state_field_name

@@ -336,10 +336,12 @@ class ArchiveResultMachine(BaseStateMachine):
         self.archiveresult.update_and_requeue(retry_at=timezone.now(), start_ts=None)
 
     @started.enter
-    def enter_started(self):
+    def enter_started(self, source):
         result = self.archiveresult
         process = result.current_process()
-        if process is None or process.status == Process.StatusChoices.EXITED:
+        # A new attempt only when coming from queued/backoff: on a started -> started poll the
+        # process may have exited since is_finished() looked, and that exit is the next tick's news.
+        if source.id != "started" and (process is None or process.status == Process.StatusChoices.EXITED):
             # A new attempt: its own Process, queued for a worker to launch.
             result.output_dir.mkdir(parents=True, exist_ok=True)
             process = Process.objects.create_for_archiveresult(

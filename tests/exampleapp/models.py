@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from machine.models import Machine
+from machine.models import Machine, rows_of_this_machine
 from workers.models import ModelWithStateMachine
 
 
@@ -36,6 +36,11 @@ class Task(ModelWithStateMachine):
 
     state_machine_name = "tests.exampleapp.statemachines.TaskMachine"
 
+    @classmethod
+    def claim_filter(cls) -> models.Q:
+        """A task is done by a runner of its own machine."""
+        return rows_of_this_machine()
+
     def __str__(self) -> str:
         return f"Task[{self.pk}] {self.name} ({self.status})"
 
@@ -46,3 +51,69 @@ class Effect(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="effects")
     pid = models.IntegerField()
     created_at = models.DateTimeField(default=timezone.now)
+
+
+class NoopStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"  #: not ticked yet
+    DONE = "done", "Done"  #: ticked once
+
+
+class Noop(ModelWithStateMachine):
+    """A row whose one tick does nothing but record that it happened: what the runner itself costs.
+
+    Not bound to a machine (any runner may tick it), so it also stands for a downstream app's shared rows.
+    """
+
+    StatusChoices = NoopStatus
+    active_state = NoopStatus.QUEUED
+
+    modified_at = models.DateTimeField(auto_now=True)
+    status = ModelWithStateMachine.StatusField(choices=NoopStatus.choices, default=NoopStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "tests.exampleapp.statemachines.NoopMachine"
+
+
+class ProbeMode(models.TextChoices):
+    SLEEP = "sleep", "sleep"  #: sleep work_seconds (releases the GIL)
+    GIL = (
+        "gil",
+        "hold the GIL",
+    )  #: a regular expression that backtracks for about work_seconds, holding the GIL
+    FAIL = "fail", "raise"  #: raise ValueError
+    FAIL_RESCHEDULE = "fail_reschedule", "reschedule, then raise"  #: ask to be due now, then raise
+    KILL = "kill", "SIGKILL its worker"  #: the tick kills the process running it (as an OOM kill would)
+    CHILD = "child", "start a child, then sleep"  #: start `sleep 600` in the background, then sleep
+
+
+class Probe(ModelWithStateMachine):
+    """A row for the fault-injection tests: each tick is logged (ProbeTick) and its result is one
+    ProbeResult committed with the state change in a fenced transaction, so lost, duplicated and
+    concurrent ticks can be counted exactly."""
+
+    StatusChoices = NoopStatus
+    active_state = NoopStatus.QUEUED
+
+    mode = models.CharField(max_length=16, choices=ProbeMode.choices, default=ProbeMode.SLEEP)
+    work_seconds = models.FloatField(default=0.0)
+    status = ModelWithStateMachine.StatusField(choices=NoopStatus.choices, default=NoopStatus.QUEUED)
+    retry_at = ModelWithStateMachine.RetryAtField(default=timezone.now)
+
+    state_machine_name = "tests.exampleapp.statemachines.ProbeMachine"
+
+
+class ProbeTick(models.Model):
+    """One tick of a Probe: when it began and ended by the database's clock, and whether its result committed."""
+
+    probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="ticks")
+    pid = models.IntegerField()
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True)
+    committed = models.BooleanField(default=False)
+
+
+class ProbeResult(models.Model):
+    """The side effect of a Probe's tick, written in the same fenced transaction as its final state."""
+
+    probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="results")
+    pid = models.IntegerField()

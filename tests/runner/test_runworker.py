@@ -18,6 +18,7 @@ from machine.models import Process
 from tests.exampleapp.models import Effect, Task
 from tests.runner.conftest import wait_for
 from tests.runner.factories import make_tasks
+from workers.models import TickFailure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,22 +153,41 @@ def test_a_second_signal_exits_at_once(start_runner):
     assert set(runner_rows().values_list("status", flat=True)) == {"exited"}
 
 
-def test_a_sigkilled_worker_is_replaced_and_its_rows_reclaimed_once_the_claim_expires(start_runner):
+def test_a_sigkilled_worker_is_replaced_its_row_counts_a_failure_and_the_rest_is_handed_back(start_runner):
     make_tasks(4, work_seconds=1.0)
 
-    runner = start_runner("--workers=1", "--until-idle", "--lock-seconds=2", "--batch=4", "--poll=0.1")
+    env = {"WORKERS_RETRY_BASE": "120"}
+    runner = start_runner(
+        "--workers=1", "--until-idle", "--lock-seconds=30", "--batch=4", "--poll=0.1", env=env
+    )
     wait_for(lambda: Task.objects.filter(attempts=1).exists(), 30, "a tick to start")
     victim = runner_rows().get(process_type="worker")
+    killed_task = Task.objects.get(attempts=1)
     psutil.Process(victim.pid).send_signal(signal.SIGKILL)
+    began = time.monotonic()
     assert runner.wait(60) == 0, runner.output()
-
-    assert set(Task.objects.values_list("status", flat=True)) == {"done"}
-    assert set(effects_per_task().values()) == {1}  # nothing lost, nothing done twice
-    assert sorted(Task.objects.values_list("attempts", flat=True))[-1] == 2  # the killed tick was retried
+    # The other three were handed back at once (not after the 30 s claim) and done by the replacement.
+    assert time.monotonic() - began < 20
+    assert Task.objects.filter(status="done").count() == 3
+    killed_task.refresh_from_db()
+    assert killed_task.status == "queued"  # backing off: the killed tick counts as a failure of its row
+    failure = TickFailure.objects.get(model="exampleapp.Task", object_id=str(killed_task.pk))
+    assert failure.attempts == 1 and "SIGKILL" in failure.error
+    assert f"exampleapp.Task {killed_task.pk}" in runner.output()  # listed as waiting for a retry
     victim.refresh_from_db()
     assert (victim.status, victim.exit_code) == ("exited", 128 + signal.SIGKILL)
     replacement = runner_rows().filter(process_type="worker").exclude(pk=victim.pk).get()
     assert replacement.parent_id == victim.parent_id
+
+    out = io.StringIO()
+    call_command("requeue", "--all", stdout=out)  # (it is not parked: --all takes rows backing off too)
+    assert out.getvalue().strip() == "Re-queued 1 row(s)"
+    again = start_runner("--workers=1", "--until-idle", "--poll=0.1", env=env)
+    assert again.wait(60) == 0, again.output()
+    assert set(Task.objects.values_list("status", flat=True)) == {"done"}
+    assert set(effects_per_task().values()) == {1}  # nothing lost, nothing done twice
+    assert Task.objects.get(pk=killed_task.pk).attempts == 2
+    assert not TickFailure.objects.exists()  # a clean tick forgets the failure
 
 
 def test_a_restarted_runner_closes_stale_rows_and_finishes_the_work_of_a_killed_one(start_runner):
@@ -201,3 +221,28 @@ def test_models_option_restricts_the_queues():
 def test_bad_options_are_clear_errors(arg):
     with pytest.raises(CommandError):
         call_command("runworker", arg)
+
+
+def test_until_idle_waits_for_the_processes_its_workers_launched_and_records_their_exit_codes(
+    start_runner, tmp_path
+):
+    from machine.models import Machine
+
+    machine = Machine.current()
+    rows = []
+    for i in range(3):
+        pwd = tmp_path / f"p{i}"
+        pwd.mkdir()
+        rows.append(
+            Process.objects.create(
+                machine=machine, cmd=["sh", "-c", "sleep 1.5; exit 3"], pwd=str(pwd), timeout=30
+            )
+        )
+
+    runner = start_runner("--workers=2", "--until-idle", "--poll=0.05", "--models=machine.Process")
+    assert runner.wait(60) == 0, runner.output()
+
+    for row in rows:
+        row.refresh_from_db()
+        # Polled and reaped by the worker that launched it (only it can learn the exit code).
+        assert (row.status, row.exit_code) == ("exited", 3)

@@ -44,7 +44,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--until-idle",
             action="store_true",
-            help="Exit once no row is due or claimed (default: run until signalled)",
+            help="Exit once no row is due now or claimed by a worker, listing the rows that wait for a "
+            "retry (default: run until signalled)",
         )
         parser.add_argument(
             "--models",
@@ -86,9 +87,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--parent-id", default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--orchestrator-pid", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--state-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *, verbosity, workers, until_idle, models, poll, lock_seconds, batch, grace, heartbeat,
-               progress, worker, parent_id, **options):  # fmt: skip
+               progress, worker, parent_id, orchestrator_pid, state_file, **options):  # fmt: skip
         # The project's LOGGING wins: only loggers it left alone get a handler on stderr at -v's level.
         configure_logging(verbosity, self.stderr._out)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
@@ -108,7 +111,10 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if worker:
-            code = Worker(runner_options, parent_id=parent_id).run()
+            code = Worker(
+                runner_options, parent_id=parent_id or None, orchestrator_pid=orchestrator_pid,
+                state_path=state_file,
+            ).run()  # fmt: skip
         else:
             console = Console.for_command(self, "stderr", verbosity, **options)
             printer = queue_progress(console, chosen) if progress and verbosity > 0 else None

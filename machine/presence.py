@@ -1,0 +1,202 @@
+"""The runner's own Process rows: register its processes, beat their hearts, close them, close stale ones.
+
+The runner (workers.runner) knows nothing of machine: these receivers of its lifecycle signals
+(workers.signals, connected in MachineConfig.ready()) show the orchestrator (type orchestrator) and
+each worker (type worker, parent = the orchestrator's row) as RUNNING Process rows, so `ps`-like
+views and the admin list them. Their retry_at is NULL: they describe processes, they are not work.
+
+Liveness is judged only for rows launched in this boot and this PID namespace (each row records
+both): a pid means nothing in another namespace, so a clone of this host (same host id) running in
+another container never closes a live runner's rows there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+
+import psutil
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from machine import detect, process_utils
+from machine.models import Machine, NetworkInterface, Process
+from workers import signals
+
+logger = logging.getLogger(__name__)
+
+#: A runner row lives as long as the runner: its timeout is not a deadline (one year, in seconds).
+RUNNER_ROW_TIMEOUT = 365 * 24 * 60 * 60
+#: Start times of our own rows come from the OS, so they match to the clock tick.
+START_TIME_MATCH = 0.05
+#: The per-launch marker machine.process_utils gives the processes it spawns.
+MARKER_ENV = "MACHINE_PROCESS_MARKER"
+RUNNER_TYPES = (Process.TypeChoices.ORCHESTRATOR, Process.TypeChoices.WORKER)
+
+
+def register_self(process_type: str, parent_id=None, worker_type: str = "") -> Process:
+    """Create the RUNNING Process row of this OS process (type orchestrator or worker) and return it."""
+    me = psutil.Process(os.getpid())
+    start_time = me.create_time()
+    machine = Machine.current()
+    # A worker shares its orchestrator's host and interface: reading it from the parent row spares
+    # N workers starting at once from all detecting the network and locking the machine row together.
+    parent = Process.objects.filter(pk=parent_id, machine=machine).first() if parent_id else None
+    iface = parent.iface if parent is not None and parent.iface_id else NetworkInterface.current()
+    return Process.objects.create(
+        machine=machine,
+        parent=parent,
+        process_type=process_type,
+        worker_type=worker_type,
+        pwd=os.getcwd(),
+        cmd=me.cmdline(),
+        env={},  # never stored: the runner's environment may hold secrets and is not needed
+        timeout=RUNNER_ROW_TIMEOUT,
+        pid=me.pid,
+        started_at=datetime.fromtimestamp(start_time, tz=UTC),
+        os_start_time=start_time,
+        launch_marker=os.environ.get(MARKER_ENV, "")[:64],
+        boot_id=detect.get_boot_id() or None,
+        pid_namespace=detect.get_pid_namespace() or None,
+        iface=iface,
+        status=Process.StatusChoices.RUNNING,
+        retry_at=None,
+    )
+
+
+def heartbeat(pks) -> int:
+    """Bump modified_at of these still-RUNNING rows (one UPDATE); return how many."""
+    return Process.objects.filter(pk__in=list(pks), status=Process.StatusChoices.RUNNING).update(
+        modified_at=timezone.now()
+    )
+
+
+def close_row(row_or_pk, exit_code: int) -> bool:
+    """Mark a RUNNING runner row EXITED with `exit_code` (idempotent); True if this call closed it."""
+    pk = getattr(row_or_pk, "pk", row_or_pk)
+    now = timezone.now()
+    updated = Process.objects.filter(pk=pk, status=Process.StatusChoices.RUNNING).update(
+        status=Process.StatusChoices.EXITED, exit_code=exit_code, ended_at=now, modified_at=now, retry_at=None
+    )
+    return updated == 1
+
+
+def _row_is_alive(row) -> bool:
+    """True only if the OS process with the row's pid started when the row says it did."""
+    if not row.pid or row.os_start_time is None:
+        return False
+    try:
+        proc = psutil.Process(row.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - row.os_start_time) <= START_TIME_MATCH
+    except psutil.Error:
+        return False
+
+
+def close_stale_runner_rows(machine) -> int:
+    """Close this machine's RUNNING orchestrator/worker rows whose OS process is gone; return how many.
+
+    A runner that was SIGKILLed cannot close its own rows; the next runner on the same machine (and
+    boot and PID namespace) does. The exit code is unknown, so it is recorded as a kill (137). Rows
+    of another boot or PID namespace are left alone: a live runner there may own them.
+    """
+    rows = Process.objects.filter(
+        machine=machine, status=Process.StatusChoices.RUNNING, process_type__in=RUNNER_TYPES
+    )
+    here = rows.judgeable_here()
+    elsewhere = rows.count() - here.count()
+    if elsewhere:
+        logger.info(
+            "leaving %d runner row(s) of another boot or PID namespace alone (their pids mean nothing here)",
+            elsewhere,
+        )
+    closed = 0
+    with transaction.atomic():
+        for row in here.only("pk", "pid", "os_start_time"):
+            if not _row_is_alive(row) and close_row(row, exit_code=137):
+                closed += 1
+    if closed:
+        logger.info("closed %d stale runner row(s)", closed)
+    return closed
+
+
+# -- receivers of workers.signals -------------------------------------------------------------
+
+_rows: dict[str, Process] = {}
+
+
+def on_orchestrator_started(sender, orchestrator, **kwargs) -> None:
+    """Register the orchestrator; close what a killed runner of this machine left RUNNING."""
+    row = register_self(Process.TypeChoices.ORCHESTRATOR, worker_type="runworker")
+    _rows["self"] = row
+    orchestrator.presence_id = str(row.pk)
+    machine = Machine.current()
+    close_stale_runner_rows(machine)
+    # Rows a killed runner launched and nobody will poll any more (before our workers start: a live
+    # worker's exited-but-unreaped child would look gone too).
+    Process.cleanup_stale_running(machine=machine)
+
+
+def on_worker_started(sender, worker, loop, **kwargs) -> None:
+    """Register the worker, parented to its orchestrator's row."""
+    _rows["self"] = register_self(
+        Process.TypeChoices.WORKER, parent_id=worker.parent_id, worker_type="runworker"
+    )
+
+
+def on_runner_heartbeat(sender, orchestrator, worker_pids, **kwargs) -> None:
+    """One UPDATE for the orchestrator's row and its workers' rows."""
+    me = _rows.get("self")
+    if me is None:
+        return
+    Process.objects.filter(
+        Q(pk=me.pk) | Q(parent=me, pid__in=list(worker_pids)), status=Process.StatusChoices.RUNNING
+    ).update(modified_at=timezone.now())
+
+
+def on_worker_exited(sender, orchestrator, pid, exit_code, **kwargs) -> None:
+    """Close the row of a worker that ended (if it could not close it itself)."""
+    me = _rows.get("self")
+    if me is None:
+        return
+    for pk in Process.objects.filter(parent=me, pid=pid, status=Process.StatusChoices.RUNNING).values_list(
+        "pk", flat=True
+    ):
+        close_row(pk, exit_code)
+
+
+def on_stopped(sender, exit_code, **kwargs) -> None:
+    """The orchestrator or a worker closes its own row."""
+    row = _rows.pop("self", None)
+    if row is not None:
+        close_row(row, exit_code)
+
+
+def on_worker_stopping(sender, worker, immediate, **kwargs) -> None:
+    """End the process trees this worker's ticks launched (the worker waited for them until its grace ran out)."""
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        process_utils.kill_tree(
+            child.pid,
+            process_utils.get_start_time(child.pid),
+            graceful_timeout=0 if immediate else 2.0,
+            tolerance=process_utils.EXACT_START_TOLERANCE,
+        )
+
+
+def connect() -> None:
+    """Connect the receivers (MachineConfig.ready())."""
+    signals.orchestrator_started.connect(on_orchestrator_started, dispatch_uid="machine.presence.orch")
+    signals.worker_started.connect(on_worker_started, dispatch_uid="machine.presence.worker")
+    signals.runner_heartbeat.connect(on_runner_heartbeat, dispatch_uid="machine.presence.beat")
+    signals.worker_exited.connect(on_worker_exited, dispatch_uid="machine.presence.exited")
+    signals.orchestrator_stopped.connect(on_stopped, dispatch_uid="machine.presence.orch_stopped")
+    signals.worker_stopped.connect(on_stopped, dispatch_uid="machine.presence.worker_stopped")
+    signals.worker_stopping.connect(on_worker_stopping, dispatch_uid="machine.presence.stopping")
