@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tests.exampleapp.models import Effect, Noop, Task
+from tests.machine_factories import make_machine
 from tests.runner.factories import make_tasks
 from workers import fencing, sql
 from workers.fencing import UNSET, Claim, ClaimLost, fenced, fenced_update, ticking
@@ -122,10 +123,9 @@ def test_fenced_transaction_holds_the_row_against_a_renewal_until_it_commits():
 
 
 def test_a_fenced_write_takes_model_instances_for_foreign_keys():
-    from machine.models import Machine
 
     (task,) = make_tasks(1)
-    other = Machine.objects.create(guid="fk-target")
+    other = make_machine(guid="fk-target")
     row, claim = claim_one(Task, lease=60)
     with ticking(claim):
         row.update_and_requeue(machine=other, status="queued", refresh=False)

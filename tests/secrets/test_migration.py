@@ -28,6 +28,15 @@ def migrate(targets):
     return executor.loader.project_state(targets).apps
 
 
+@pytest.fixture(autouse=True)
+def _back_to_the_latest_schema():
+    """Whatever the test did, the database ends at the latest migrations for the tests after it."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 def test_the_migration_masks_old_rows_and_seals_the_queued_ones():
     old_apps = migrate(BEFORE)
     try:
