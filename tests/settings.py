@@ -23,8 +23,9 @@ WORKERS_SYNCHRONOUS_COMMIT = os.environ.get("WORKERS_SYNCHRONOUS_COMMIT", "") ==
 # database outage is to PostgreSQL), and a clock offset simulates a host whose clock is off.
 if os.environ.get("TEST_SQLITE_TIMEOUT") and DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     _timeout = float(os.environ["TEST_SQLITE_TIMEOUT"])
-    DATABASES["default"]["OPTIONS"]["timeout"] = _timeout  # noqa: F405
-    DATABASES["default"]["OPTIONS"]["init_command"] = (  # noqa: F405
+    _options = DATABASES["default"].setdefault("OPTIONS", {})  # noqa: F405
+    _options["timeout"] = _timeout
+    _options["init_command"] = (
         f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout={int(_timeout * 1000)};"
     )
 if os.environ.get("TEST_CLOCK_OFFSET"):
