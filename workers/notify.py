@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 
-import psycopg
 from django.db import connections, transaction
 from django.db.models.signals import post_save
 
@@ -61,7 +60,7 @@ class Listener:
 
     def __init__(self, alias: str = "default"):
         self.alias = alias
-        self.connection: psycopg.Connection | None = None
+        self.connection = None  # a psycopg.Connection once open
         self.fd = -1
 
     @staticmethod
@@ -74,6 +73,8 @@ class Listener:
 
     def open(self) -> int:
         """Connect and LISTEN; return the socket's fd."""
+        import psycopg  # only with PostgreSQL (the `postgres` extra); SQLite installs lack it
+
         params = connections[self.alias].get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
