@@ -17,8 +17,9 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.constants import LOOKUP_SEP
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -31,6 +32,7 @@ from machine import installer
 from machine.admin_helpers import (
     REDACTED,
     TAIL_LINES,
+    TAIL_MAX_CHARS,
     config_problems,
     exit_code_kind,
     exit_code_meaning,
@@ -138,7 +140,10 @@ def _output_tail(tail, stored: str) -> str:
         text = join_tail(tail(lines=TAIL_LINES))
     except OSError as exc:  # e.g. a log another user owns: say so instead of a server error
         text = f"(log file unreadable: {exc.strerror or exc})"
-    return text or "\n".join((stored or "").splitlines()[-TAIL_LINES:])
+    text = text or "\n".join((stored or "")[-TAIL_MAX_CHARS:].splitlines()[-TAIL_LINES:])
+    if len(text) > TAIL_MAX_CHARS:  # e.g. one 100 MB line: a page shows its end, not all of it
+        text = f"[... {len(text) - TAIL_MAX_CHARS} characters not shown ...]" + text[-TAIL_MAX_CHARS:]
+    return text
 
 
 class ListedLookupsOnly:
@@ -709,7 +714,17 @@ class ProcessAdmin(ListedLookupsOnly, StateMachineAdminMixin, admin.ModelAdmin):
         return super().history_view(request, object_id, {**context, **(extra_context or {})})
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(_children=Count("children"))
+        # The changelist never shows output: a row's stdout/stderr is loaded only where it is shown.
+        # (A subquery, not Count() with GROUP BY: grouping would compare every row's whole output.)
+        children = (
+            Process.objects.filter(parent_id=OuterRef("pk"))
+            .order_by()
+            .values("parent_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        queryset = super().get_queryset(request).annotate(_children=Coalesce(Subquery(children), 0))
+        return queryset.defer("stdout", "stderr")
 
     def is_live(self, obj) -> bool:
         return obj.status != ProcessStatus.EXITED

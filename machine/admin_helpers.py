@@ -31,6 +31,8 @@ from machine.redaction import (  # noqa: F401  (re-exported for the admin and it
 
 #: Lines of stdout/stderr shown on a process's detail page.
 TAIL_LINES = 50
+#: At most this many characters of a log tail on a page (its end).
+TAIL_MAX_CHARS = 64 * 1024
 
 
 # `--api-key=value`, `-password=value` and `NAME_TOKEN=value` style arguments.

@@ -78,6 +78,13 @@ class MachineSettings:
     SQLITE_TUNING: bool = True
     #: `manage.py prune` deletes exited Process rows (and their log directories) older than this.
     PRUNE_DAYS: int = 30
+    #: Size cap of each log file (stdout.log, stderr.log) of a Process, in bytes: past it the log
+    #: keeps its first and last half and one line saying how much was cut (checked while the process
+    #: is watched, and when its row is closed). 0: no cap.
+    LOG_MAX_BYTES: int = 16 * 1024 * 1024
+    #: How much of the end of each log a closed row stores in its stdout/stderr columns, in bytes
+    #: (the whole log stays in the file, within LOG_MAX_BYTES).
+    OUTPUT_TAIL_BYTES: int = 1024 * 1024
 
     def __getattribute__(self, name: str):
         default = super().__getattribute__(name)

@@ -37,6 +37,7 @@ from machine.detect import (
     get_vm_info,
 )
 from machine.fields import MaskedCmdField, MaskedEnvField, MaskedJSONField, SealedField
+from machine.process_files import readable_argv
 from machine.processes import ProcessMixin, ProcessQuerySet
 from machine.redaction import mask_cmd, mask_nested, secret_values
 from workers.models import ModelWithStateMachine
@@ -840,6 +841,7 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
             cmd, pwd = proc.cmdline(), proc.cwd()
         except psutil.Error:
             cmd, pwd = list(sys.argv), ""
+        cmd, pwd = readable_argv(cmd), readable_argv([pwd])[0]  # (e.g. a non-UTF-8 file name)
         return cls.objects.create(
             machine=machine,
             parent=cls._find_parent_process(machine),

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from machine import detect, process_utils
 from machine.models import Machine, NetworkInterface, Process
+from machine.process_files import readable_argv
 from workers import signals
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def register_self(process_type: str, parent_id=None, worker_type: str = "") -> P
         process_type=process_type,
         worker_type=worker_type,
         pwd=os.getcwd(),
-        cmd=me.cmdline(),
+        cmd=readable_argv(me.cmdline()),
         env={},  # never stored: the runner's environment may hold secrets and is not needed
         timeout=RUNNER_ROW_TIMEOUT,
         pid=me.pid,

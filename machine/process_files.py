@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import threading
@@ -15,7 +17,9 @@ from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
-from machine.redaction import MASK, Scrubber, is_secret_key, mask_cmd, mask_env, mask_text
+from machine.redaction import GATE_WORDS, MASK, Scrubber, is_secret_key, mask_cmd, mask_env, mask_text
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # (what undecodable bytes become in a str)
 
 #: Script types a hook can be (the suffix of its file name).
 HOOK_SCRIPT_SUFFIXES = (".py", ".js", ".sh")
@@ -41,6 +45,78 @@ def _masked_chunks(handle, scrubber: Scrubber, chunk_size: int) -> Iterator[byte
         rest = scrubber.flush()
         if rest:
             yield rest
+
+
+def storable_text(data: bytes) -> str:
+    """Output bytes as text any database stores: invalid UTF-8 replaced, NUL shown as U+2400."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "\u2400")
+
+
+def readable_argv(argv: list[str]) -> list[str]:
+    """A running process's argv as storable text: undecodable bytes shown as \\xNN, NUL as U+2400."""
+    return [
+        arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\x00", "\u2400")
+        for arg in argv
+    ]
+
+
+def storable_str(text: str) -> str:
+    """storable_text() for a str (lone surrogates from undecodable bytes replaced too)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _SURROGATE.sub("\ufffd", text).replace("\x00", "\u2400")
+
+
+def _may_need_masking(source, secrets: list[str], chunk_size: int = 1024 * 1024) -> bool:
+    """False if no rule can change this file: only ASCII, no gate word, no secret value (C scans)."""
+    needles = [*GATE_WORDS, *(value.encode("utf-8", "surrogateescape").lower() for value in secrets)]
+    needles = [needle for needle in needles if needle]
+    overlap = max(len(needle) for needle in needles)
+    carry = b""
+    source.seek(0)
+    for block in iter(lambda: source.read(chunk_size), b""):
+        if not block.isascii():
+            return True
+        window = (carry + block).lower()
+        if any(needle in window for needle in needles):
+            return True
+        carry = block[-overlap:]
+    return False
+
+
+def _mask_file(path: Path, secrets: list[str], chunk_size: int = 256 * 1024) -> None:
+    """Mask a log file in place, streaming (bounded memory); rewritten only if masking changed it."""
+    scrubber = Scrubber(secrets, max_line=chunk_size)
+    scratch = path.with_name(f".{path.name}.masking")
+    try:
+        with open(path, "rb") as source:
+            first = source.read(chunk_size)
+            if len(first) < chunk_size:  # the usual small log: in memory, written only if changed
+                masked = scrubber.feed(first) + scrubber.flush()
+                if masked != first:
+                    path.write_bytes(masked)
+                return
+            if not _may_need_masking(source, secrets):
+                return  # e.g. 16 MB of ordinary output: one scan instead of a rewrite
+            source.seek(len(first))
+            before, after = hashlib.blake2b(first), hashlib.blake2b()
+            with open(scratch, "wb") as out:
+                block = first
+                while block:
+                    masked = scrubber.feed(block)
+                    after.update(masked)
+                    out.write(masked)
+                    block = source.read(chunk_size)
+                    before.update(block)
+                rest = scrubber.flush()
+                after.update(rest)
+                out.write(rest)
+        if before.digest() != after.digest():
+            os.replace(scratch, path)
+    except OSError:  # missing (never launched here), or the pwd is gone
+        pass
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 class ProcessFilesMixin:
@@ -142,6 +218,38 @@ class ProcessFilesMixin:
     def _remove_pid_file(self) -> None:
         self.pid_file.unlink(missing_ok=True)
 
+    def _cap_logs(self) -> None:
+        """Keep both log files within MACHINE_LOG_MAX_BYTES (head and tail kept, the cut said)."""
+        for path in (self.stdout_file, self.stderr_file):
+            process_utils.cap_log(path, machine_settings.LOG_MAX_BYTES)
+
+    def _read_logs(self, secrets: list[str] | None = None) -> tuple[str | None, str | None]:
+        """The stored form of both logs (None for a missing one): masked, bounded, storable.
+
+        Each log file is masked in place (streaming), then its last OUTPUT_TAIL_BYTES become the
+        text, after a line saying how many earlier bytes only the file holds.
+        """
+        secrets = self.mask_values() if secrets is None else secrets
+        texts: list[str | None] = []
+        for path in (self.stdout_file, self.stderr_file):
+            found = None
+            if path is not None:
+                _mask_file(path, secrets)
+                found = process_utils.read_tail(path, machine_settings.OUTPUT_TAIL_BYTES)
+            if found is None:
+                texts.append(None)
+                continue
+            data, earlier = found
+            if earlier:
+                cut = data.find(b"\n", 0, 4096)  # start at a line if one starts near
+                if cut >= 0:
+                    data, earlier = data[cut + 1 :], earlier + cut + 1
+            text = mask_text(storable_text(data), secrets)
+            if earlier:
+                text = f"[... {earlier} earlier bytes are only in {path.name} ...]\n{text}"
+            texts.append(text)
+        return texts[0], texts[1]
+
     def _stream_file(self, stream: str) -> Path:
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
@@ -192,12 +300,18 @@ class ProcessFilesMixin:
         """Copy both logs to stdout/stderr as they grow, until the process ends or `deadline` (monotonic)."""
         stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
 
+        next_cap = [0.0]
+
         def done() -> bool:
-            return not self.is_running or (deadline is not None and time.monotonic() >= deadline)
+            now = time.monotonic()
+            if now >= next_cap[0]:  # whoever watches a child keeps its logs within the cap
+                next_cap[0] = now + 0.1
+                self._cap_logs()
+            return not self.is_running or (deadline is not None and now >= deadline)
 
         def copy(path: Path, out) -> None:
             lines = process_utils.tail(
-                path, lines=sys.maxsize, follow=True, poll_interval=poll_interval, stop=done
+                path, follow=True, poll_interval=poll_interval, stop=done, from_start=True
             )
             for line in self._masked(lines):
                 out.write(line + "\n")
@@ -221,8 +335,9 @@ class ProcessFilesMixin:
             self.kill_tree(graceful_timeout=0)
             raise
         if self.is_running:  # past the deadline
-            self.kill_tree(graceful_timeout=0)
-            self._finish(process_utils.EXIT_KILLED)
+            self.kill_tree(graceful_timeout=0)  # (closes the row with its true code, 137)
+            if self.status != ProcessStatus.EXITED:
+                self._finish(process_utils.EXIT_KILLED)
             return self.exit_code
         return self.wait(timeout=5)
 

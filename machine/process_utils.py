@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -460,22 +461,51 @@ def wait(
     timeout: float | None = None,
     tolerance: float = START_TIME_TOLERANCE,
     poll_interval: float = 0.05,
+    on_tick: Callable[[], object] | None = None,
+    tick_interval: float = 0.1,
 ) -> int | None:
-    """Wait until the proven process ends; return its exit code if known; TimeoutError past timeout."""
+    """Wait until the proven process ends; return its exit code if known; TimeoutError past timeout.
+
+    on_tick (e.g. keeping the logs capped) is called about every tick_interval while waiting.
+    """
     _check_timeout(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
     child = _lookup_child(pid, start_time, marker, tolerance)
     if child is not None:
-        try:
-            child.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"process {pid} still running after {timeout}s") from None
-        return _poll_child(child)
-    deadline = None if timeout is None else time.monotonic() + timeout
+        while _poll_child(child) is None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"process {pid} still running after {timeout}s")
+            step = remaining if on_tick is None else min(tick_interval, remaining or tick_interval)
+            _wait_exit(child, step)
+            if on_tick is not None:
+                on_tick()
+        return child.exit_code
     while is_alive(pid, start_time, cmd, tolerance, marker=marker):
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"process {pid} still running after {timeout}s")
+        if on_tick is not None:
+            on_tick()
         time.sleep(poll_interval)
     return reap(pid, start_time, marker=marker, tolerance=tolerance)
+
+
+def _wait_exit(child: _Child, timeout: float | None) -> None:
+    """Block until our child has exited or timeout passes (its pidfd wakes us at once; no reaping)."""
+    with _children_lock:  # a dup of its own pidfd: never a pid opened anew (it may be reused by then)
+        pidfd = os.dup(child.pidfd) if child.pidfd is not None else None
+    if pidfd is None:  # no pidfd: Popen's own wait (it reaps; _poll_child then reads its status)
+        try:
+            child.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+    finally:
+        os.close(pidfd)
 
 
 def _check_timeout(timeout: object) -> None:
@@ -612,6 +642,68 @@ def run_foreground(
     return spawned
 
 
+#: How cap_log() says what it cut (one line between the kept head and the kept tail).
+_CUT_LINE = b"\n[... %d bytes cut: the log keeps its first and last %d bytes (MACHINE_LOG_MAX_BYTES) ...]\n"
+_CUT_RE = re.compile(rb"\n\[\.\.\. (\d+) bytes cut: the log keeps its first and last \d+ bytes [^\n]*\]\n")
+_COPY_CHUNK = 1024 * 1024
+
+
+def cap_log(path: StrPath, max_bytes: int) -> int:
+    """Keep a log within about max_bytes: its first and last max_bytes/2, and a line saying what was cut.
+
+    Safe while the child still appends (its fd is O_APPEND, so it writes at the new end): the tail
+    is moved down in bounded chunks, never read whole. Returns the bytes cut now (0: nothing to do).
+    """
+    if path is None or max_bytes <= 0:
+        return 0
+    try:
+        fd = os.open(path, os.O_RDWR)  # (not O_APPEND: pwrite must write where it is told)
+    except OSError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size <= max_bytes:
+            return 0
+        keep = max(1, max_bytes // 2)
+        earlier = _CUT_RE.match(os.pread(fd, 256, keep))
+        cut_before = int(earlier.group(1)) if earlier else 0
+        old_line = len(earlier.group(0)) if earlier else 0
+        cut_now = size - keep - old_line - keep
+        if cut_now <= 256:  # (the moved tail must start past where it goes, and cutting crumbs is noise)
+            return 0
+        line = _CUT_LINE % (cut_before + cut_now, keep)
+        os.pwrite(fd, line, keep)
+        src, dest = size - keep, keep + len(line)
+        while True:  # the child may append while we move: move that too, then cut the file there
+            end = os.fstat(fd).st_size
+            while src < end:
+                chunk = os.pread(fd, min(_COPY_CHUNK, end - src), src)
+                if not chunk:
+                    break
+                os.pwrite(fd, chunk, dest)
+                src, dest = src + len(chunk), dest + len(chunk)
+            if os.fstat(fd).st_size == end:
+                break
+        os.ftruncate(fd, dest)
+        return cut_now
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def read_tail(path: StrPath, max_bytes: int) -> tuple[bytes, int] | None:
+    """The last max_bytes of a file and how many bytes come before them; None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            return f.read(max_bytes), start
+    except (OSError, TypeError):
+        return None
+
+
 def _last_lines(f, lines: int, keep_partial: bool) -> tuple[list[bytes], bytes, int]:
     # Read blocks backwards from the end until lines + 1 newlines are seen (or the scan cap).
     end = f.seek(0, os.SEEK_END)
@@ -637,8 +729,14 @@ def tail(
     follow: bool = False,
     poll_interval: float = 0.1,
     stop: Callable[[], bool] | None = None,
+    max_line: int = 1024 * 1024,
+    from_start: bool = False,
 ) -> Iterator[str]:
-    """Yield the last lines of path (without newlines); with follow, then appended lines until stop()."""
+    """Yield the last lines of path (without newlines); with follow, then appended lines until stop().
+
+    from_start: every line from the beginning instead (read like appended ones: in bounded chunks,
+    stop() asked between them). A line longer than max_line comes out in pieces while following.
+    """
     if lines < 0:
         raise ValueError(f"lines must be >= 0, got {lines!r}")
     stopped = stop or (lambda: False)
@@ -651,7 +749,11 @@ def tail(
                 return
             time.sleep(poll_interval)
     try:
-        found, partial, pos = _last_lines(f, lines, keep_partial=not follow)
+        if from_start:
+            found, partial, pos = [], b"", 0
+        else:
+            found, partial, pos = _last_lines(f, lines, keep_partial=not follow)
+        head = os.pread(f.fileno(), 256, 0) if follow else b""  # tells a cut from a rewrite
         yield from (line.decode(errors="replace") for line in found)
         while follow:
             done = stopped()  # asked before the last read, so nothing written before stop() is lost
@@ -660,15 +762,34 @@ def tail(
                 if st.st_ino != os.fstat(f.fileno()).st_ino:  # replaced (rotated): follow the new file
                     f.close()
                     f, pos, partial = open(path, "rb"), 0, b""
-                elif st.st_size < pos:  # truncated: start over
-                    pos, partial = 0, b""
+                elif st.st_size < pos:
+                    if head and os.pread(f.fileno(), len(head), 0) == head:
+                        # Same beginning: cap_log cut its middle. Go on from the new end.
+                        pos, partial = st.st_size, b""
+                        yield "[... the log was cut while it was being read ...]"
+                    else:  # truncated and rewritten (a restarted process): start over
+                        pos, partial = 0, b""
             except FileNotFoundError:
                 pass
-            f.seek(pos)
-            data = f.read()
-            pos += len(data)
-            *complete, partial = (partial + data).split(b"\n")
-            yield from (line.decode(errors="replace") for line in complete)
+            # Read what is there now in bounded chunks (a child writing faster than we copy never
+            # makes us hold more than a chunk), and at most one max_line of an unfinished line.
+            end = os.fstat(f.fileno()).st_size
+            while pos < end:
+                f.seek(pos)
+                data = f.read(min(_TAIL_BLOCK, end - pos))
+                if not data:
+                    break
+                pos += len(data)
+                if len(head) < 256:
+                    head = os.pread(f.fileno(), 256, 0)
+                *complete, partial = (partial + data).split(b"\n")
+                if len(partial) > max_line:
+                    complete.append(partial)
+                    partial = b""
+                for line in complete:
+                    yield line.decode(errors="replace")
+                if not done and stopped():
+                    done, end = True, pos  # asked to stop mid-way: what came after is not copied
             if done:
                 if partial:
                     yield partial.decode(errors="replace")

@@ -8,6 +8,7 @@ tree walk, tail). Nothing here imports `machine.models`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from machine import process_utils, sealing, signals
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_boot_id, get_pid_namespace
-from machine.process_files import ProcessFilesMixin
+from machine.process_files import ProcessFilesMixin, storable_str
 from machine.redaction import mask_cmd, mask_env, mask_text
 
 #: How many rows one UPDATE closes in cleanup_stale_running() (well under SQLite's variable limit).
@@ -55,6 +56,9 @@ JSON_FIELDS = (
 FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at", "sealed")
 
 
+logger = logging.getLogger(__name__)
+
+
 class ForeignMachineError(ValueError):
     """Refused: the row (or machine) is another host's; only that host can judge or signal its processes."""
 
@@ -73,19 +77,56 @@ class ProcessInputError(ValueError):
     """A Process cannot be launched as described (bad cmd, pwd or timeout); nothing was spawned."""
 
 
-def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any) -> None:
-    """Raise ProcessInputError unless cmd is a non-empty list of str, pwd a directory, timeout >= 0."""
+#: The longest timeout a Process accepts, in seconds (a year: the column and every wait can hold it).
+MAX_TIMEOUT = 365 * 24 * 3600
+
+
+def _text_problem(value: str) -> str | None:
+    """Why `value` cannot be an argument, path or env text of a launch (None if it can)."""
+    if "\x00" in value:
+        return "contains a NUL byte (the OS cannot pass it)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text: the database cannot store it"
+    return None
+
+
+def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any, env: Any = None) -> None:
+    """Raise ProcessInputError unless the launch can happen and be recorded; nothing exists yet.
+
+    cmd: a non-empty list of str; every text (arguments, pwd, env keys and values) valid UTF-8
+    without NUL; env keys without '='; pwd an existing directory; timeout 0..MAX_TIMEOUT seconds.
+    """
     if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(arg, str) for arg in cmd):
         shown = mask_cmd(cmd) if isinstance(cmd, (list, tuple)) else type(cmd).__name__
         raise ProcessInputError(f"cmd must be a non-empty list of strings, got {shown!r}")
     if not cmd[0]:
         raise ProcessInputError("cmd[0] (the program) must not be empty")
+    for index, arg in enumerate(cmd):
+        if problem := _text_problem(arg):
+            raise ProcessInputError(f"cmd[{index}] {problem}")
     if not pwd:
         raise ProcessInputError("pwd (the working directory) is not set")
+    if problem := _text_problem(os.fspath(pwd)):
+        raise ProcessInputError(f"pwd {problem}")
     if not os.path.isdir(pwd):
         raise ProcessInputError(f"working directory does not exist: {os.fspath(pwd)!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ProcessInputError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 <= timeout <= MAX_TIMEOUT  # (also refuses nan)
+    ):
+        raise ProcessInputError(
+            f"timeout must be a number of seconds from 0 (no limit) to {MAX_TIMEOUT}, got {timeout!r}"
+        )
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise ProcessInputError(f"env keys must be non-empty strings without '=', got {key!r}")
+        if problem := _text_problem(key):
+            raise ProcessInputError(f"env key {key!r} {problem}")
+        if isinstance(value, str) and (problem := _text_problem(value)):
+            raise ProcessInputError(f"the value of env {key} {problem}")  # (never the value)
 
 
 #: The exit code recorded when how a process ended can no longer be known (as for a SIGKILL).
@@ -421,25 +462,6 @@ class ProcessMixin(ProcessFilesMixin):
         """Every secret value this row's child can see, as far as this process knows them (longest first)."""
         return sealing.mask_values(self)
 
-    def _read_logs(self, secrets: list[str] | None = None) -> tuple[str | None, str | None]:
-        """Both logs (None for a missing one), secrets masked; a file is rewritten when masking changed it."""
-        secrets = self.mask_values() if secrets is None else secrets
-        texts: list[str | None] = []
-        for path in (self.stdout_file, self.stderr_file):
-            text = None
-            if path is not None:
-                try:
-                    text = path.read_text(errors="replace")
-                except OSError:  # missing (never launched here), or the pwd is gone
-                    text = None
-            if text is not None:
-                clean = mask_text(text, secrets)
-                if clean != text:
-                    path.write_text(clean)
-                text = clean
-            texts.append(text)
-        return texts[0], texts[1]
-
     def _finish(self, exit_code: int | None, *, note: str = "", all_fields: bool = False) -> None:
         """Close this row: the one path that records how a process ended.
 
@@ -450,11 +472,13 @@ class ProcessMixin(ProcessFilesMixin):
         """
         code, unknown = recorded_exit(exit_code)
         secrets = self.mask_values()
-        stdout, stderr = self._read_logs(secrets)  # (masked)
+        self._cap_logs()
+        stdout, stderr = self._read_logs(secrets)  # (masked, bounded)
         self.stdout = stdout if stdout is not None else mask_text(self.stdout or "", secrets)
         self.stderr = stderr if stderr is not None else mask_text(self.stderr or "", secrets)
         for line in (note, unknown):
             self.stderr = append_line(self.stderr or "", mask_text(line, secrets))
+        self.stdout, self.stderr = storable_str(self.stdout), storable_str(self.stderr)
         self.sealed = None  # a closed row keeps no secret, not even sealed
         self.exit_code = code
         self.status = ProcessStatus.EXITED
@@ -475,11 +499,12 @@ class ProcessMixin(ProcessFilesMixin):
         EXITED with 127/126 and the reason in stderr. Bad input raises ProcessInputError first.
         """
         workdir = cwd or self.pwd
-        validate_launch_input(self.cmd, workdir, self.timeout)
+        validate_launch_input(self.cmd, workdir, self.timeout, self.env)
         if self.status == ProcessStatus.RUNNING and self.is_running:
             raise RuntimeError(f"{self} is already running (pid {self.pid})")
         # The caller's real argv and env (restored from the seal for a queued row), or refused.
         argv, env_overlay = sealing.unseal_for_launch(self)
+        validate_launch_input(argv, workdir, self.timeout, env_overlay)
         self.cmd = argv  # (in memory; every save stores it masked)
         if not self.pwd:
             self.pwd = os.fspath(workdir)
@@ -508,23 +533,38 @@ class ProcessMixin(ProcessFilesMixin):
         if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
             self._finish(spawned.exit_code, all_fields=True)
             return self
-        self.status = ProcessStatus.RUNNING
-        self.retry_at = timezone.now()  # due: the next tick polls it
-        if background:
-            self._write_pid_file()
-        self.save()  # visible (and findable by the child's own Process.current()) while it runs
+        try:
+            self.status = ProcessStatus.RUNNING
+            self.retry_at = timezone.now()  # due: the next tick polls it
+            if background:
+                self._write_pid_file()
+            self.save()  # visible (and findable by the child's own Process.current()) while it runs
+        except BaseException as exc:  # no child without a row: it dies, the row says why if it can
+            self._abandon_launch(exc)
+            raise
         signals.process_started.send_robust(type(self), process=self)
         if not background:
             self._finish(self._wait_foreground())
         return self
+
+    def _abandon_launch(self, exc: BaseException) -> None:
+        """After a failure past the spawn: kill the new tree and close the row with the reason."""
+        pid, start, cmd, tolerance, marker = self._proven_args()
+        process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
+        code = process_utils.reap(pid, start, marker=marker, tolerance=tolerance)
+        try:
+            self._finish(code, note=f"launch failed after the spawn: {type(exc).__name__}: {exc}")
+        except Exception:  # the database may be what failed: the child is gone at least
+            logger.warning("could not close %s after a failed launch", self.pk, exc_info=True)
 
     def _wait_foreground(self) -> int | None:
         """Wait for our child; past `timeout` its whole tree (escaped descendants too) dies: 137."""
         pid, start, cmd, tolerance, marker = self._proven_args()
         try:
             return process_utils.wait(
-                pid, start, cmd, marker=marker, timeout=self.timeout or None, tolerance=tolerance
-            )
+                pid, start, cmd, marker=marker, timeout=self.timeout or None, tolerance=tolerance,
+                on_tick=self._cap_logs,
+            )  # fmt: skip
         except TimeoutError:
             process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
             return process_utils.EXIT_KILLED
@@ -561,6 +601,7 @@ class ProcessMixin(ProcessFilesMixin):
                 self._finish(code)
                 return self.exit_code
             if self.is_running:
+                self._cap_logs()  # whoever watches a child keeps its logs within the cap
                 return None
         # Gone, and not our child: its exit status went to its real parent. A code recorded on the
         # row is kept; otherwise the row says that nobody knows it.

@@ -161,6 +161,8 @@ _OPTION_VALUE = re.compile(
 #: A positional rule can only match on a line holding one of these (secret names, URLs, user options).
 _GATE = re.compile(r"key|token|secret|pass|pw|cookie|session|credential|auth|dsn|://|-u")
 _GATE_ANY_CASE = re.compile(_GATE.pattern, re.IGNORECASE)
+#: The _GATE words as bytes, for a fast scan of lower-cased ASCII (other text needs the full rules).
+GATE_WORDS = tuple(word.encode() for word in _GATE.pattern.split("|"))
 _ARG_ASSIGNMENT = re.compile(r"^(?P<name>-{0,2}[A-Za-z_][\w.-]*)=(?P<value>.*)$", re.DOTALL)
 
 
