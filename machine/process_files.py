@@ -349,6 +349,13 @@ class ProcessFilesMixin:
     def get_records(self) -> list[dict]:
         """Records the process printed on stdout (from the DB copy, else the live log file)."""
         text = self.stdout
-        if not text and self.stdout_file.exists():
-            text = self.stdout_file.read_text(errors="replace")
+        cut = bool(text) and text.startswith("[... ")  # the row keeps a tail: the file has the rest
+        if (not text or cut) and self.stdout_file.exists():
+            with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
+                return [
+                    record
+                    for line in log
+                    if line.lstrip().startswith(b"{")
+                    for record in self.parse_records_from_text(storable_text(line))
+                ]
         return self.parse_records_from_text(text)

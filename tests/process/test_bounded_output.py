@@ -289,3 +289,17 @@ def admin_client_for_output(db):
     client = Client()
     client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
     return client
+
+
+def test_records_past_the_stored_tail_are_read_from_the_log(make_process, settings):
+    settings.MACHINE_OUTPUT_TAIL_BYTES = 4096
+    script = (
+        "import json\nprint(json.dumps({'type': 'Snapshot', 'url': 'https://first.example'}))\n"
+        "print('x' * 100_000)\nprint(json.dumps({'type': 'Snapshot', 'url': 'https://last.example'}))"
+    )
+    process = make_process([sys.executable, "-c", script])
+    process.launch()
+    process.refresh_from_db()
+    assert "first.example" not in process.stdout  # (only the tail is stored)
+    urls = [record["url"] for record in process.get_records()]
+    assert urls == ["https://first.example", "https://last.example"]
