@@ -96,11 +96,22 @@ class MachineSettings:
     def data_dir(self) -> Path:
         """MACHINE_DATA_DIR, else DATA_DIR, else BASE_DIR / "data"; ImproperlyConfigured without any."""
         value = self.DATA_DIR or getattr(django_settings, "DATA_DIR", None)
+        base_dir = None if value else getattr(django_settings, "BASE_DIR", None)
+        # Resolved once per setting value (a realpath walk per log file path added up in drains);
+        # keyed by the raw values, so a changed setting is seen at once.
+        key = (value, base_dir)
+        cached = self.__dict__.get("_data_dir")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         if value:
-            return Path(value).expanduser().resolve()
-        base_dir = getattr(django_settings, "BASE_DIR", None)
-        if base_dir:
-            return (Path(base_dir) / "data").resolve()
+            resolved = Path(value).expanduser().resolve()
+        elif base_dir:
+            resolved = (Path(base_dir) / "data").resolve()
+        else:
+            resolved = None
+        if resolved is not None:
+            self.__dict__["_data_dir"] = (key, resolved)
+            return resolved
         raise ImproperlyConfigured(
             "django-machine needs a directory for its files: set MACHINE_DATA_DIR (or DATA_DIR, or "
             'BASE_DIR, whose "data" folder is then used) in your settings.'

@@ -424,6 +424,19 @@ def launched_pids() -> set[int]:
         return {child.pid for child in _children.values()}
 
 
+def exit_fd(
+    pid: int | None, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
+) -> int | None:
+    """A new fd (the caller closes it) readable once our running child exits; None if not ours."""
+    if pid is None:
+        return None
+    child = _lookup_child(pid, start_time, marker, tolerance)
+    with _children_lock:
+        if child is None or child.pidfd is None or child.exit_code is not None:
+            return None
+        return os.dup(child.pidfd)
+
+
 def known_exit_code(
     pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
 ) -> int | None:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,10 +200,6 @@ def append_line(text: str, line: str) -> str:
 
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
-
-
-def _from_ts(value: float) -> datetime:
-    return datetime.fromtimestamp(value, tz=UTC)
 
 
 class ProcessQuerySet(models.QuerySet):
@@ -521,13 +517,16 @@ class ProcessMixin(ProcessFilesMixin):
         files = (self.stdout_file, self.stderr_file)
         # The child's environment is _build_env(); process_utils only adds the launch marker.
         child_env = self._build_env(env_overlay)
+        # started_at is the wall clock at the spawn: the OS start time (kept for identity) counts
+        # from a boot time the kernel gives in whole seconds, so as a date it can be ~1 s early.
+        spawned_at = timezone.now()
         spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False)
         # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
         sealing.wipe_sealed(self, save=False)
         self.pid = spawned.pid
         self.launch_marker = spawned.marker
         self.os_start_time = spawned.start_time
-        self.started_at = _from_ts(spawned.start_time) if spawned.start_time else timezone.now()
+        self.started_at = spawned_at
         self.exit_code = None
         self.ended_at = None
         if spawned.exit_code is not None:  # could not be executed (127/126, reason in stderr)
@@ -607,6 +606,13 @@ class ProcessMixin(ProcessFilesMixin):
         # row is kept; otherwise the row says that nobody knows it.
         self._finish(self.exit_code)
         return self.exit_code
+
+    def runner_wake_fd(self) -> int | None:
+        """Our running child's pidfd (a dup): the worker that launched it ticks it the moment it exits."""
+        if self.status != ProcessStatus.RUNNING:
+            return None
+        pid, start, _cmd, tolerance, marker = self._proven_args()
+        return process_utils.exit_fd(pid, start, marker=marker, tolerance=tolerance)
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the process ends and return its exit code; TimeoutError past `timeout`.

@@ -298,6 +298,11 @@ class BaseModelWithStateMachine(MachineMixin, models.Model):
         """
         return None
 
+    def runner_wake_fd(self) -> int | None:
+        """A new file descriptor that becomes readable when this row, kept by the worker that ticked
+        it, should be ticked again at once (the worker closes it); None: tick it when due."""
+        return None
+
     @classmethod
     def runner_attach(cls, loop) -> None:
         """Called once in each worker process after it starts, with the worker's event loop

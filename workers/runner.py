@@ -239,6 +239,9 @@ class _FollowUp:
     claim: Claim
     row: object
     due: datetime
+    #: A descriptor that becomes readable when the row should be ticked at once (e.g. its child's
+    #: pidfd: readable at the child's exit), from the row's `runner_wake_fd()`; closed when ticked.
+    fd: int | None = None
 
 
 @dataclass
@@ -531,14 +534,12 @@ class Worker:
         model = claim.model
         due_in = (asked - timezone.now()).total_seconds()
         final = getattr(row, model.state_field_name) in model.FINAL_STATES
-        if (
-            not final
-            and due_in <= claim.lease / 2
-            and len(self._follow) < FOLLOW_UP_BATCHES * self.options.batch
-        ):
+        # (No cap here: _round stops claiming while FOLLOW_UP_BATCHES batches are followed, so the
+        # list grows by at most one batch past it; a row let go here could be ticked by a worker
+        # that cannot reap its child.)
+        if not final and due_in <= claim.lease / 2:
             claim.retry_at = UNSET
-            with self._mutex:
-                self._follow.append(_FollowUp(claim, row, asked))
+            self._add_follow(_FollowUp(claim, row, asked))
             return
         with claim.mutex:
             written = model._default_manager.filter(pk=claim.pk, **claim.guard()).update(
@@ -562,14 +563,11 @@ class Worker:
             return
         if (due - timezone.now()).total_seconds() > claim.lease / 2:
             return
-        if len(self._follow) >= FOLLOW_UP_BATCHES * self.options.batch:
-            return
         moved, token = claims.move_claims(model, [claim.pk], token=due, lease=claim.lease)
         if moved:
             claim.token, claim.issued_at = token, time.monotonic()
             setattr(row, model.retry_at_field_name, token)
-            with self._mutex:
-                self._follow.append(_FollowUp(claim, row, due))
+            self._add_follow(_FollowUp(claim, row, due))
 
     def _failed(self, claim: Claim, row, exc: Exception) -> None:
         """Record the failure (one log line; the traceback goes to the record) and back the row off."""
@@ -622,6 +620,27 @@ class Worker:
 
     # follow-ups
 
+    def _add_follow(self, follow: _FollowUp) -> None:
+        """Keep `follow`; if its row offers a wake-up descriptor, its readiness makes it due at once."""
+        wake_fd = getattr(follow.row, "runner_wake_fd", None)
+        fd = wake_fd() if callable(wake_fd) else None
+        with self._mutex:
+            self._follow.append(follow)
+            if fd is not None:
+                follow.fd = fd
+                self.loop.add_reader(fd, lambda: self._on_follow_ready(follow))
+
+    def _on_follow_ready(self, follow: _FollowUp) -> None:
+        # (A pidfd stays readable once its process has exited: stop watching it before ticking.)
+        self.loop.remove_reader(follow.fd)
+        follow.due = min(follow.due, timezone.now())
+
+    def _forget_follow_fd(self, follow: _FollowUp) -> None:
+        if follow.fd is not None:
+            self.loop.remove_reader(follow.fd)
+            os.close(follow.fd)
+            follow.fd = None
+
     def _tick_follow_ups(self, everything: bool = False) -> int:
         """Tick the followed rows that are due (all of them with `everything`); renew the others."""
         now = timezone.now()
@@ -642,6 +661,7 @@ class Worker:
                 if self._stop.is_set() and not self._cleaning:
                     self._follow.append(follow)  # stopping: handed back or finished by the cleanup
                     continue
+                self._forget_follow_fd(follow)
                 claim = follow.claim
                 claim.retry_at, claim.lost = UNSET, False
                 self._current = _Current(claim)
@@ -662,6 +682,7 @@ class Worker:
         with self._mutex:
             if follow in self._follow:
                 self._follow.remove(follow)
+                self._forget_follow_fd(follow)
         self._write_state()
 
     # wake-ups
@@ -800,6 +821,8 @@ class Worker:
             _bounded(lambda: self._tick_follow_ups(everything=True))
         with self._mutex:
             rest = [follow.claim for follow in self._follow]
+            for follow in self._follow:
+                self._forget_follow_fd(follow)
             self._follow = []
         _bounded(lambda: self._release(rest))
         self._idle = True
