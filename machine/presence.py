@@ -8,12 +8,20 @@ views and the admin list them. Their retry_at is NULL: they describe processes, 
 Liveness is judged only for rows launched in this boot and this PID namespace (each row records
 both): a pid means nothing in another namespace, so a clone of this host (same host id) running in
 another container never closes a live runner's rows there.
+
+A row registered by `Process.current()` is closed at interpreter exit with the exit code the process
+ends with (close_current_at_exit), unless its launcher closes it: a launched row is the launcher's.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
+import signal
+import sys
+import threading
 from datetime import UTC, datetime
 
 import psutil
@@ -24,6 +32,7 @@ from django.utils import timezone
 from machine import detect, process_utils
 from machine.models import Machine, NetworkInterface, Process
 from workers import signals
+from workers.failures import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +198,69 @@ def on_worker_stopping(sender, worker, immediate, **kwargs) -> None:
             graceful_timeout=0 if immediate else 2.0,
             tolerance=process_utils.EXACT_START_TOLERANCE,
         )
+
+
+# -- rows of Process.current(): closed at interpreter exit ---------------------------------------
+
+#: For this process: the pid that registered the exit handler, and the status given to sys.exit().
+_at_exit: dict[str, object] = {"pid": None, "status": None}
+
+
+def close_current_at_exit() -> None:
+    """Have this process's Process.current() row closed at interpreter exit (registered once per process)."""
+    if _at_exit["pid"] == os.getpid():
+        return
+    _at_exit["pid"], _at_exit["status"] = os.getpid(), None
+    atexit.register(_close_current_row)
+    _record_sys_exit()
+
+
+def _record_sys_exit() -> None:
+    # Python keeps no record of the status a SystemExit carried once atexit handlers run; sys.exit()
+    # is how programs (and Django's run_from_argv) pass theirs, so note it on the way out.
+    original = sys.exit
+    if getattr(original, "_records_exit_status", False):
+        return
+
+    @functools.wraps(original)
+    def exit(status=None, /):
+        if threading.current_thread() is threading.main_thread():  # (elsewhere it ends a thread only)
+            _at_exit["status"] = (status,)
+        original(status)
+
+    exit._records_exit_status = True
+    sys.exit = exit
+
+
+def exit_code_at_exit() -> int:
+    """The code this process exits with, as far as an atexit handler can tell."""
+    # An unhandled exception leaves sys.last_value (outside an interactive session): 1, or for a
+    # KeyboardInterrupt 130, as Python then ends by SIGINT. Else the status given to sys.exit() as
+    # the OS reports it (None 0, an int modulo 256, anything else 1); else a normal end, 0.
+    unhandled = getattr(sys, "last_value", None)
+    if unhandled is not None and not hasattr(sys, "ps1"):
+        return 128 + signal.SIGINT if isinstance(unhandled, KeyboardInterrupt) else 1
+    recorded = _at_exit["status"]
+    if recorded is None:
+        return 0
+    status = recorded[0]
+    if status is None:
+        return 0
+    return int(status) & 0xFF if isinstance(status, int) else 1
+
+
+def _close_current_row() -> None:
+    row = Process.current_readonly()
+    if row is None or row.launch_marker or row.process_type == Process.TypeChoices.HOOK:
+        return  # not ours to close: the launcher records how its child ended
+    code = exit_code_at_exit()
+    try:
+        # Closed already (by the runner's own logic, say): leave it as it is.
+        fresh = Process.objects.filter(pk=row.pk, pid=os.getpid(), status=Process.StatusChoices.RUNNING)
+        for process in fresh:
+            process.mark_exited(exit_code=code)
+    except Exception as exc:  # the database may be gone by now; exiting must not fail over it
+        logger.warning("could not close Process %s at exit (exit code %d): %s", row.pk, code, one_line(exc))
 
 
 def connect() -> None:
