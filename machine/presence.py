@@ -9,6 +9,9 @@ Liveness is judged only for rows launched in this boot and this PID namespace (e
 both): a pid means nothing in another namespace, so a clone of this host (same host id) running in
 another container never closes a live runner's rows there.
 
+The orchestrator is a child subreaper: what a tree detaches (a double fork, `setsid`, `env -i`)
+re-parents to it, and each heartbeat ends the adopted orphans whose tree is over and reaps them.
+
 A row registered by `Process.current()` is closed at interpreter exit with the exit code the process
 ends with (close_current_at_exit), unless its launcher closes it: a launched row is the launcher's.
 """
@@ -25,7 +28,7 @@ import threading
 from datetime import UTC, datetime
 
 import psutil
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -138,7 +141,11 @@ _rows: dict[str, Process] = {}
 
 
 def on_orchestrator_started(sender, orchestrator, **kwargs) -> None:
-    """Register the orchestrator; close what a killed runner of this machine left RUNNING."""
+    """Register the orchestrator (a child subreaper); close what a killed runner of this machine left RUNNING."""
+    if _adopting["since"] is None:
+        was = process_utils.is_subreaper()
+        if process_utils.become_subreaper():
+            _adopting.update(since=process_utils.get_start_time(os.getpid()), was=was)
     row = register_self(Process.TypeChoices.ORCHESTRATOR, worker_type="runworker")
     _rows["self"] = row
     orchestrator.presence_id = str(row.pk)
@@ -263,6 +270,75 @@ def _close_current_row() -> None:
         logger.warning("could not close Process %s at exit (exit code %d): %s", row.pk, code, one_line(exc))
 
 
+# -- the orchestrator's adopted orphans --------------------------------------------------------
+
+#: Set while the orchestrator is a subreaper: the start time before which nothing is adopted, and
+#: whether this process was a subreaper before (a runner started in passing leaves it as it was).
+_adopting: dict[str, object] = {"since": None, "was": False}
+
+
+def _own_markers() -> set[str]:
+    # The launches this process runs under (when something launched the runner itself): every
+    # orphan carries them, and they say nothing about the tree it came from.
+    own = {os.environ.get(process_utils.MARKER_ENV, "")}
+    own.update(os.environ.get(process_utils.LINEAGE_ENV, "").split(","))
+    return own - {""}
+
+
+def _tree_over_rule():
+    """should_end for end_orphans: an orphan whose launch tree no RUNNING row of this host may still own."""
+    running: list[tuple[str, float | None]] | None = None
+    own = _own_markers()
+
+    def launches() -> list[tuple[str, float | None]]:
+        nonlocal running
+        if running is None:  # one query per sweep, and only once there is an orphan to judge
+            rows = Process.objects.running().on_machine(Machine.current()).launched().judgeable_here()
+            running = [
+                (marker, start if start is not None else (started.timestamp() if started else None))
+                for marker, start, started in rows.values_list("launch_marker", "os_start_time", "started_at")
+                if marker not in own  # (the runner's own rows, when something launched it)
+            ]
+        return running
+
+    def tree_over(proc: psutil.Process) -> bool:
+        try:
+            launches()
+        except DatabaseError:  # unknown: keep it this time (the zombies are reaped all the same)
+            return False
+        markers = process_utils.process_markers(proc.pid)
+        carried = ({markers[0], *markers[1]} - {None, ""} - own) if markers else set()
+        if carried:  # its launch and those above it: over once none of their rows is RUNNING
+            return not any(marker in carried for marker, _ in launches())
+        # Without a marker (`env -i`) it may be part of any launch that was running when it started.
+        born = proc.create_time()
+        return not any(start is None or start <= born + START_TIME_MATCH for _, start in launches())
+
+    return tree_over
+
+
+def on_runner_sweep(sender, orchestrator, worker_pids, **kwargs) -> None:
+    """Reap the orchestrator's adopted orphans that have exited and end those whose tree is over."""
+    since = _adopting["since"]
+    if since is None:
+        return
+    workers = {*worker_pids, *(child.pid for child in getattr(orchestrator, "children", []))}
+    # SIGKILL at once: this runs in the orchestrator's loop, which must not wait on a daemon's grace.
+    process_utils.end_orphans(since, keep=workers, should_end=_tree_over_rule())
+
+
+def on_orchestrator_stopped(sender, orchestrator, **kwargs) -> None:
+    """The workers are gone, and the trees they launched with them: end every orphan left."""
+    since = _adopting["since"]
+    if since is None:
+        return
+    workers = {child.pid for child in getattr(orchestrator, "children", [])}
+    process_utils.end_orphans(since, keep=workers, grace=process_utils.LEFTOVER_GRACE)
+    if not _adopting["was"]:
+        process_utils.become_subreaper(False)
+    _adopting["since"] = None
+
+
 def connect() -> None:
     """Connect the receivers (MachineConfig.ready())."""
     signals.orchestrator_started.connect(on_orchestrator_started, dispatch_uid="machine.presence.orch")
@@ -270,5 +346,7 @@ def connect() -> None:
     signals.runner_heartbeat.connect(on_runner_heartbeat, dispatch_uid="machine.presence.beat")
     signals.worker_exited.connect(on_worker_exited, dispatch_uid="machine.presence.exited")
     signals.orchestrator_stopped.connect(on_stopped, dispatch_uid="machine.presence.orch_stopped")
+    signals.runner_heartbeat.connect(on_runner_sweep, dispatch_uid="machine.presence.sweep")
+    signals.orchestrator_stopped.connect(on_orchestrator_stopped, dispatch_uid="machine.presence.orphans")
     signals.worker_stopped.connect(on_stopped, dispatch_uid="machine.presence.worker_stopped")
     signals.worker_stopping.connect(on_worker_stopping, dispatch_uid="machine.presence.stopping")
