@@ -819,6 +819,9 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
             cls.objects.filter(pk=process.pk).update(os_start_time=process.os_start_time)
         process.__dict__["_checked_at"] = time.monotonic()
         _CURRENT_PROCESS = process
+        from machine import presence  # (it imports this module)
+
+        presence.close_current_at_exit()
         return process
 
     @classmethod

@@ -8,16 +8,27 @@ views and the admin list them. Their retry_at is NULL: they describe processes, 
 Liveness is judged only for rows launched in this boot and this PID namespace (each row records
 both): a pid means nothing in another namespace, so a clone of this host (same host id) running in
 another container never closes a live runner's rows there.
+
+The orchestrator is a child subreaper: what a tree detaches (a double fork, `setsid`, `env -i`)
+re-parents to it, and each heartbeat ends the adopted orphans whose tree is over and reaps them.
+
+A row registered by `Process.current()` is closed at interpreter exit with the exit code the process
+ends with (close_current_at_exit), unless its launcher closes it: a launched row is the launcher's.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
+import signal
+import sys
+import threading
 from datetime import UTC, datetime
 
 import psutil
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,6 +36,7 @@ from machine import detect, process_utils
 from machine.models import Machine, NetworkInterface, Process
 from machine.process_files import readable_argv
 from workers import signals
+from workers.failures import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +142,11 @@ _rows: dict[str, Process] = {}
 
 
 def on_orchestrator_started(sender, orchestrator, **kwargs) -> None:
-    """Register the orchestrator; close what a killed runner of this machine left RUNNING."""
+    """Register the orchestrator (a child subreaper); close what a killed runner of this machine left RUNNING."""
+    if _adopting["since"] is None:
+        was = process_utils.is_subreaper()
+        if process_utils.become_subreaper():
+            _adopting.update(since=process_utils.get_start_time(os.getpid()), was=was)
     row = register_self(Process.TypeChoices.ORCHESTRATOR, worker_type="runworker")
     _rows["self"] = row
     orchestrator.presence_id = str(row.pk)
@@ -192,6 +208,138 @@ def on_worker_stopping(sender, worker, immediate, **kwargs) -> None:
         )
 
 
+# -- rows of Process.current(): closed at interpreter exit ---------------------------------------
+
+#: For this process: the pid that registered the exit handler, and the status given to sys.exit().
+_at_exit: dict[str, object] = {"pid": None, "status": None}
+
+
+def close_current_at_exit() -> None:
+    """Have this process's Process.current() row closed at interpreter exit (registered once per process)."""
+    if _at_exit["pid"] == os.getpid():
+        return
+    _at_exit["pid"], _at_exit["status"] = os.getpid(), None
+    atexit.register(_close_current_row)
+    _record_sys_exit()
+
+
+def _record_sys_exit() -> None:
+    # Python keeps no record of the status a SystemExit carried once atexit handlers run; sys.exit()
+    # is how programs (and Django's run_from_argv) pass theirs, so note it on the way out.
+    original = sys.exit
+    if getattr(original, "_records_exit_status", False):
+        return
+
+    @functools.wraps(original)
+    def exit(status=None, /):
+        if threading.current_thread() is threading.main_thread():  # (elsewhere it ends a thread only)
+            _at_exit["status"] = (status,)
+        original(status)
+
+    exit._records_exit_status = True
+    sys.exit = exit
+
+
+def exit_code_at_exit() -> int:
+    """The code this process exits with, as far as an atexit handler can tell."""
+    # An unhandled exception leaves sys.last_value (outside an interactive session): 1, or for a
+    # KeyboardInterrupt 130, as Python then ends by SIGINT. Else the status given to sys.exit() as
+    # the OS reports it (None 0, an int modulo 256, anything else 1); else a normal end, 0.
+    unhandled = getattr(sys, "last_value", None)
+    if unhandled is not None and not hasattr(sys, "ps1"):
+        return 128 + signal.SIGINT if isinstance(unhandled, KeyboardInterrupt) else 1
+    recorded = _at_exit["status"]
+    if recorded is None:
+        return 0
+    status = recorded[0]
+    if status is None:
+        return 0
+    return int(status) & 0xFF if isinstance(status, int) else 1
+
+
+def _close_current_row() -> None:
+    row = Process.current_readonly()
+    if row is None or row.launch_marker or row.process_type == Process.TypeChoices.HOOK:
+        return  # not ours to close: the launcher records how its child ended
+    code = exit_code_at_exit()
+    try:
+        # Closed already (by the runner's own logic, say): leave it as it is.
+        fresh = Process.objects.filter(pk=row.pk, pid=os.getpid(), status=Process.StatusChoices.RUNNING)
+        for process in fresh:
+            process.mark_exited(exit_code=code)
+    except Exception as exc:  # the database may be gone by now; exiting must not fail over it
+        logger.warning("could not close Process %s at exit (exit code %d): %s", row.pk, code, one_line(exc))
+
+
+# -- the orchestrator's adopted orphans --------------------------------------------------------
+
+#: Set while the orchestrator is a subreaper: the start time before which nothing is adopted, and
+#: whether this process was a subreaper before (a runner started in passing leaves it as it was).
+_adopting: dict[str, object] = {"since": None, "was": False}
+
+
+def _own_markers() -> set[str]:
+    # The launches this process runs under (when something launched the runner itself): every
+    # orphan carries them, and they say nothing about the tree it came from.
+    own = {os.environ.get(process_utils.MARKER_ENV, "")}
+    own.update(os.environ.get(process_utils.LINEAGE_ENV, "").split(","))
+    return own - {""}
+
+
+def _tree_over_rule():
+    """should_end for end_orphans: an orphan whose launch tree no RUNNING row of this host may still own."""
+    running: list[tuple[str, float | None]] | None = None
+    own = _own_markers()
+
+    def launches() -> list[tuple[str, float | None]]:
+        nonlocal running
+        if running is None:  # one query per sweep, and only once there is an orphan to judge
+            rows = Process.objects.running().on_machine(Machine.current()).launched().judgeable_here()
+            running = [
+                (marker, start if start is not None else (started.timestamp() if started else None))
+                for marker, start, started in rows.values_list("launch_marker", "os_start_time", "started_at")
+                if marker not in own  # (the runner's own rows, when something launched it)
+            ]
+        return running
+
+    def tree_over(proc: psutil.Process) -> bool:
+        try:
+            launches()
+        except DatabaseError:  # unknown: keep it this time (the zombies are reaped all the same)
+            return False
+        markers = process_utils.process_markers(proc.pid)
+        carried = ({markers[0], *markers[1]} - {None, ""} - own) if markers else set()
+        if carried:  # its launch and those above it: over once none of their rows is RUNNING
+            return not any(marker in carried for marker, _ in launches())
+        # Without a marker (`env -i`) it may be part of any launch that was running when it started.
+        born = proc.create_time()
+        return not any(start is None or start <= born + START_TIME_MATCH for _, start in launches())
+
+    return tree_over
+
+
+def on_runner_sweep(sender, orchestrator, worker_pids, **kwargs) -> None:
+    """Reap the orchestrator's adopted orphans that have exited and end those whose tree is over."""
+    since = _adopting["since"]
+    if since is None:
+        return
+    workers = {*worker_pids, *(child.pid for child in getattr(orchestrator, "children", []))}
+    # SIGKILL at once: this runs in the orchestrator's loop, which must not wait on a daemon's grace.
+    process_utils.end_orphans(since, keep=workers, should_end=_tree_over_rule())
+
+
+def on_orchestrator_stopped(sender, orchestrator, **kwargs) -> None:
+    """The workers are gone, and the trees they launched with them: end every orphan left."""
+    since = _adopting["since"]
+    if since is None:
+        return
+    workers = {child.pid for child in getattr(orchestrator, "children", [])}
+    process_utils.end_orphans(since, keep=workers, grace=process_utils.LEFTOVER_GRACE)
+    if not _adopting["was"]:
+        process_utils.become_subreaper(False)
+    _adopting["since"] = None
+
+
 def connect() -> None:
     """Connect the receivers (MachineConfig.ready())."""
     signals.orchestrator_started.connect(on_orchestrator_started, dispatch_uid="machine.presence.orch")
@@ -199,5 +347,7 @@ def connect() -> None:
     signals.runner_heartbeat.connect(on_runner_heartbeat, dispatch_uid="machine.presence.beat")
     signals.worker_exited.connect(on_worker_exited, dispatch_uid="machine.presence.exited")
     signals.orchestrator_stopped.connect(on_stopped, dispatch_uid="machine.presence.orch_stopped")
+    signals.runner_heartbeat.connect(on_runner_sweep, dispatch_uid="machine.presence.sweep")
+    signals.orchestrator_stopped.connect(on_orchestrator_stopped, dispatch_uid="machine.presence.orphans")
     signals.worker_stopped.connect(on_stopped, dispatch_uid="machine.presence.worker_stopped")
     signals.worker_stopping.connect(on_worker_stopping, dispatch_uid="machine.presence.stopping")

@@ -14,23 +14,30 @@ gets the *same* start-time tick, so a start time alone cannot tell the old proce
 Signals go through a pidfd opened *before* the identity check: a pinned pid cannot be recycled,
 so the check and the signal see the same process.
 
-We do not set ``PR_SET_CHILD_SUBREAPER``: a subreaper must reap adopted orphans with
-``waitpid(-1)``, which would also steal the exit statuses of children that ``subprocess`` callers
-elsewhere in the worker own. The marker scan finds escaped descendants without adopting them.
+Leftovers. When a launch's main process has ended, what still carries its marker is killed
+(``end_leftovers``): a ``setsid`` daemon does not outlive the tree it was started by. A process that
+also drops its environment (``env -i``) carries no marker; only a ``PR_SET_CHILD_SUBREAPER`` parent
+gets it back, as an adopted child. Importing this module never makes anyone a subreaper: the
+processes that own everything they start (``manage.py run``, the runner's orchestrator) ask for it
+(``become_subreaper``) and end their adopted orphans by pid (``end_orphans``), never with
+``waitpid(-1)``, which would steal the exit statuses of children other code in the process owns.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +61,10 @@ StartTime = float | None
 StrPath = str | os.PathLike | None
 
 _KILL_WAIT = 2.0  # bound on waiting for SIGKILLed processes to disappear
+#: SIGTERM grace for what is left of a finished launch (a daemon that honours SIGTERM goes at once).
+LEFTOVER_GRACE = 1.0
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 _TAIL_BLOCK = 64 * 1024
 _TAIL_MAX_BYTES = 16 * 1024 * 1024  # never scan further back than this, however long the lines
 _MAX_FINISHED_CHILDREN = 256
@@ -87,6 +98,8 @@ class _Child:
     popen: subprocess.Popen
     pidfd: int | None
     exit_code: int | None = None
+    #: _pid_counters() read just before the fork: how far pid allocation can have moved since.
+    counters: tuple[int, int] | None = None
 
 
 # Children launched by this process, by marker: unique per launch, unlike pid + start tick.
@@ -202,6 +215,16 @@ def get_start_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.Error, ValueError, TypeError):
         return None
+
+
+def start_clock_now() -> float:
+    """Now, on the clock of get_start_time() (boot time plus time since boot)."""
+    # Not time.time(): OS start times count from the boot time in whole seconds (/proc/stat), up to
+    # a second off the wall clock, so a process started after time.time() may seem older than it.
+    try:
+        return psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # no CLOCK_BOOTTIME (not Linux)
+        return time.time()
 
 
 def cmdline_matches(cmdline: Sequence[str], cmd: Cmd) -> bool:
@@ -334,13 +357,13 @@ def send_signal(
     )
 
 
-def _scan_marker(marker: str) -> Iterator[psutil.Process]:
+def _scan_marker(marker: str, min_pid: int = 0) -> Iterator[psutil.Process]:
     try:
         names = os.listdir("/proc")
     except OSError:  # no procfs: only psutil's children() walk is available
         return
     for name in names:
-        if not name.isdigit() or int(name) == os.getpid():
+        if not name.isdigit() or int(name) < min_pid or int(name) == os.getpid():
             continue
         found = _read_markers(int(name), marker.encode())
         if found and (found[0] == marker or marker in found[1]):
@@ -351,9 +374,15 @@ def _scan_marker(marker: str) -> Iterator[psutil.Process]:
 
 
 def find_descendants(
-    pid: int, start_time: StartTime, marker: Marker = None, *, tolerance: float = START_TIME_TOLERANCE
+    pid: int,
+    start_time: StartTime,
+    marker: Marker = None,
+    *,
+    tolerance: float = START_TIME_TOLERANCE,
+    min_pid: int = 0,
 ) -> list[psutil.Process]:
     """Return the live descendants: children of the proven root plus every process carrying the marker."""
+    # (`min_pid` skips lower pids in the marker scan: for a caller that knows none can be one.)
     found: dict[int, psutil.Process] = {}
     root = proven_process(pid, start_time, None, tolerance, marker=marker)
     if root is not None:
@@ -362,7 +391,7 @@ def find_descendants(
         except psutil.Error:
             pass
     if marker is not None:
-        found.update((p.pid, p) for p in _scan_marker(marker) if p.pid not in found)
+        found.update((p.pid, p) for p in _scan_marker(marker, min_pid) if p.pid not in found)
     if root is not None:
         found.pop(root.pid, None)  # with the root gone, a marked process on its pid is a descendant
     found.pop(os.getpid(), None)
@@ -391,6 +420,7 @@ def kill_tree(
     graceful_timeout: float = 2.0,
     *,
     tolerance: float = START_TIME_TOLERANCE,
+    min_pid: int = 0,
 ) -> int:
     """SIGTERM the proven root and all descendants at once, SIGKILL survivors; return how many died."""
     root = proven_process(pid, start_time, cmd, tolerance, marker=marker)
@@ -402,7 +432,8 @@ def kill_tree(
     sig, wait_s = (signal.SIGTERM, graceful_timeout) if graceful_timeout > 0 else (signal.SIGKILL, _KILL_WAIT)
     # Several rounds: what forks while we signal carries the marker and turns up in the rescan.
     for _ in range(4):
-        known.update((p.pid, p) for p in find_descendants(pid, start_time, marker, tolerance=tolerance))
+        found = find_descendants(pid, start_time, marker, tolerance=tolerance, min_pid=min_pid)
+        known.update((p.pid, p) for p in found)
         targets = [p for p in known.values() if _is_alive_proc(p)]
         if not targets:
             break
@@ -416,6 +447,223 @@ def kill_tree(
     if child is not None:
         _poll_child(child)
     return sum(1 for proc in signalled.values() if not _is_alive_proc(proc))
+
+
+def end_leftovers(marker: Marker, *, grace: float = LEFTOVER_GRACE) -> int:
+    """Kill what still carries the marker of a launch of ours whose main process has exited; return how many."""
+    # Only then is the tree known to be over: a launch made elsewhere, or still running, is left alone.
+    if not marker:
+        return 0
+    with _children_lock:
+        child = _children.get(marker)
+    if child is None or _poll_child(child) is None:
+        return 0
+    return kill_tree(
+        child.pid, child.start_time, None, marker, graceful_timeout=grace,
+        tolerance=EXACT_START_TOLERANCE, min_pid=_first_pid_since(child),
+    )  # fmt: skip
+
+
+def _pid_counters() -> tuple[int, int] | None:
+    """(forks since boot, tasks alive now), host-wide; None without procfs."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            forks = next(int(line.split()[1]) for line in f if line.startswith(b"processes "))
+        with open("/proc/loadavg", "rb") as f:
+            tasks = int(f.read().split()[3].partition(b"/")[2])
+        return forks, tasks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0  # unknown: never assume that pids did not wrap
+
+
+def _first_pid_since(child: _Child) -> int:
+    """The lowest pid a process started after child can have: child.pid + 1, or 0 if pids may have wrapped."""
+    # Pids are handed out upwards from the last one given, skipping those in use, and wrap at
+    # pid_max. Since the child's fork the allocator has moved past at most one pid per fork since
+    # (threads included) plus one per task alive before it: while that stays below pid_max, nothing
+    # younger than the child has a lower pid, and the marker scan skips most of /proc.
+    now = _pid_counters()
+    if child.counters is None or now is None:
+        return 0
+    forks, tasks = child.counters
+    return child.pid + 1 if child.pid + (now[0] - forks) + tasks < _pid_max() else 0
+
+
+def _libc_prctl(option: int, *args: int | ctypes.c_int) -> int | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, *args, *([0] * (4 - len(args))))
+    except (OSError, AttributeError):
+        return None
+
+
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process a child subreaper (Linux prctl; on=False clears it); False where unsupported."""
+    # Orphans among our descendants (double fork, setsid, env -i) then re-parent to us, not init:
+    # the caller must end_orphans(), or they stay our zombies.
+    return _libc_prctl(_PR_SET_CHILD_SUBREAPER, int(on)) == 0
+
+
+def is_subreaper() -> bool:
+    """Tell whether this process is a child subreaper."""
+    flag = ctypes.c_int(0)
+    return _libc_prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag)) == 0 and flag.value != 0
+
+
+def _direct_children() -> set[int]:
+    # The kernel's per-thread lists are one small read each; psutil's children() reads the stat
+    # file of every process on the host.
+    me, found = os.getpid(), set()
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+        for tid in tids:
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as f:
+                found.update(int(pid) for pid in f.read().split())
+        return found
+    except (OSError, ValueError):  # no procfs or no CONFIG_PROC_CHILDREN
+        try:
+            return {p.pid for p in psutil.Process(me).children()}
+        except psutil.Error:
+            return set()
+
+
+def process_markers(pid: int) -> tuple[str | None, set[str]] | None:
+    """(own launch marker, lineage markers) from pid's environment; None if unreadable."""
+    return _read_markers(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True  # (reaped meanwhile: gone all the same)
+
+
+def _wait_exited(pinned: dict[int, int | None], timeout: float) -> None:
+    # Until every one of our children here has exited (a zombie: its pidfd turns readable then).
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pinned if not _zombie(pid)]
+        remaining = deadline - time.monotonic()
+        if not alive or remaining <= 0:
+            return
+        fds = [pinned[pid] for pid in alive if pinned[pid] is not None]
+        if fds:
+            select.select(fds, [], [], min(remaining, 0.2))
+        else:
+            time.sleep(min(remaining, 0.01))
+
+
+def _reap_child(pid: int) -> int | None:
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return _exit_code(os.waitstatus_to_exitcode(status)) if waited else None
+
+
+def _end_orphans_once(
+    since: float, keep: Collection[int], should_end: Callable[[psutil.Process], bool] | None, grace: float
+) -> dict[int, int | None]:
+    me, my_session = os.getpid(), os.getsid(0)
+    with _children_lock:
+        unreaped = {child.pid for child in _children.values() if child.exit_code is None}
+    ended: dict[int, int | None] = {}
+    pinned: dict[int, int | None] = {}  # live orphans to end: pid -> pidfd
+    try:
+        for pid in sorted(_direct_children() - set(keep) - unreaped):
+            if not _signallable(pid):
+                continue
+            try:
+                pidfd = _pin(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                # Pinned, and a child of ours cannot be recycled before we reap it: what is proven
+                # here is what gets signalled and reaped.
+                proc = psutil.Process(pid)
+                if proc.ppid() != me or proc.create_time() < since - EXACT_START_TOLERANCE:
+                    raise LookupError
+                # In our own session it was forked here (by other code in this process): spawn()
+                # puts every launch in a session of its own, so nothing adopted from one is.
+                if os.getsid(pid) == my_session:
+                    raise LookupError
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    ended[pid] = _reap_child(pid)
+                elif should_end is None or should_end(proc):
+                    pinned[pid], pidfd = pidfd, None  # (closed below, once it is reaped)
+            except (LookupError, ProcessLookupError, PermissionError, psutil.Error):
+                pass
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+        steps = [(signal.SIGTERM, grace)] if grace > 0 else []
+        for sig, wait_s in [*steps, (signal.SIGKILL, _KILL_WAIT)]:
+            alive = [pid for pid in pinned if not _zombie(pid)]
+            for pid in alive:
+                try:
+                    if pinned[pid] is not None:
+                        signal.pidfd_send_signal(pinned[pid], sig)
+                    else:
+                        os.kill(pid, sig)  # our unreaped child: its pid cannot name anyone else
+                except (ProcessLookupError, PermissionError):
+                    pass
+            _wait_exited({pid: pinned[pid] for pid in alive}, wait_s)
+        for pid in pinned:
+            ended[pid] = _reap_child(pid)
+    finally:
+        for pidfd in pinned.values():
+            if pidfd is not None:
+                os.close(pidfd)
+    return ended
+
+
+def end_orphans(
+    since: float,
+    *,
+    keep: Collection[int] = (),
+    should_end: Callable[[psutil.Process], bool] | None = None,
+    grace: float = 0.0,
+    rounds: int = 4,
+) -> dict[int, int | None]:
+    """Reap our adopted orphans and end (TERM, grace, KILL) those should_end() picks; return {pid: exit code}."""
+    # Only direct children started at or after `since` (on get_start_time()'s clock: take it from
+    # start_clock_now()) and outside our session, never one in `keep` nor an unreaped launch of
+    # ours (its status is the registry's); each is pinned and proven before it is signalled. What
+    # an ended orphan leaves behind is adopted in turn, hence the rounds.
+    ended: dict[int, int | None] = {}
+    for _ in range(rounds):
+        found = _end_orphans_once(since, keep, should_end, grace)
+        ended.update(found)
+        if not found:
+            break
+    return ended
+
+
+@contextmanager
+def ending_orphans(grace: float = LEFTOVER_GRACE) -> Iterator[bool]:
+    """Be a child subreaper while the block runs (yields whether it is), then end the orphans adopted meanwhile."""
+    # The flag is cleared afterwards unless it was set before: a caller in passing stays as it was.
+    was = is_subreaper()
+    adopting = was or become_subreaper()
+    since = start_clock_now()
+    try:
+        yield adopting
+    finally:
+        if adopting:
+            end_orphans(since, grace=grace)
+            if not was:
+                become_subreaper(False)
 
 
 def launched_pids() -> set[int]:
@@ -601,6 +849,7 @@ def spawn(
     elif not _MARKER_RE.match(marker):
         raise ValueError(f"marker must be 8-128 characters of [A-Za-z0-9_-], got {marker!r}")
     child_env = _child_env(env, inherit_env, marker)
+    counters = _pid_counters()
     with _open_log(stdout_path) as out, _open_log(stderr_path) as err:
         try:
             popen = subprocess.Popen(
@@ -620,7 +869,7 @@ def spawn(
         pidfd = None
     start_time = get_start_time(popen.pid) or time.time()  # (an unreaped child always has one)
     _wait_exec_visible(popen)
-    _register(_Child(popen.pid, start_time, marker, popen, pidfd))
+    _register(_Child(popen.pid, start_time, marker, popen, pidfd, counters=counters))
     return Spawned(pid=popen.pid, start_time=start_time, marker=marker, pidfd=pidfd, popen=popen)
 
 

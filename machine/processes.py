@@ -466,6 +466,7 @@ class ProcessMixin(ProcessFilesMixin):
         without them keeps what it stored), `note` is appended to stderr, ended_at is kept if set,
         and the pid file goes away.
         """
+        self._end_leftovers()
         code, unknown = recorded_exit(exit_code)
         secrets = self.mask_values()
         self._cap_logs()
@@ -570,6 +571,12 @@ class ProcessMixin(ProcessFilesMixin):
         except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
             process_utils.kill_tree(pid, start, cmd, marker, graceful_timeout=0, tolerance=tolerance)
             raise
+
+    def _end_leftovers(self) -> int:
+        """Kill what is left of our launch once its main process has exited (a setsid daemon, say)."""
+        # Called before the logs are read, so a leftover writing to them has stopped. Only a launch
+        # of this process that it has reaped counts (process_utils.end_leftovers).
+        return process_utils.end_leftovers(self.launch_marker or None)
 
     def record_launch_failure(self, message: str) -> None:
         """Record that this row could not be launched: EXITED, exit code 126, the reason in stderr."""

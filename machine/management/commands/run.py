@@ -7,6 +7,7 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from machine import process_utils
 from machine.choices import ProcessType
 from machine.models import Process
 from machine.processes import ProcessInputError
@@ -41,8 +42,11 @@ class Command(BaseCommand):
             pwd=workdir,
             process_type=ProcessType.BINARY,
         )
+        # As a subreaper we get back what the tree detaches without its marker (`env -i setsid ...`),
+        # and end it with the tree instead of leaving it to run on under init.
         try:
-            code = process.run_attached(self.stdout, self.stderr)
+            with process_utils.ending_orphans():
+                code = process.run_attached(self.stdout, self.stderr)
         except ProcessInputError as exc:
             raise CommandError(str(exc)) from None
         if code:
