@@ -1019,6 +1019,8 @@ class Orchestrator:
             if not self._start():
                 return 128 + self._last_signal if self._signals else 0
             for _ in range(self.options.workers):
+                if self._stop.is_set():
+                    break  # signalled while starting: start no more (those started are stopped below)
                 self._spawn()
             exit_code = self._supervise()
         finally:
@@ -1153,6 +1155,8 @@ class Orchestrator:
     def _respawn(self) -> None:
         """Start a replacement, at most RESTART_BUDGET per RESTART_WINDOW seconds (a crash loop is
         slowed down, never given up on: the healthy rows still need workers)."""
+        if self._stop.is_set():
+            return  # a delayed restart firing while we stop would start a worker nobody signals
         now = time.monotonic()
         window, budget = workers_settings.RESTART_WINDOW, workers_settings.RESTART_BUDGET
         while self._restart_times and now - self._restart_times[0] > window:

@@ -1,14 +1,22 @@
-"""Limits on runworker's own input: refused before anything starts."""
+"""Limits on runworker's own input (refused before anything starts) and SIGTERM while workers start."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+
+import psutil
 import pytest
 from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
 
 from machine.models import Process
+from tests.runner.conftest import wait_for
+from workers.conf import workers_settings
 from workers.runner import RunnerOptions
 
+RUNNER_TYPES = ["orchestrator", "worker"]
 #: Had a limit been missed, an unknown model stops the command at its model check instead of starting
 #: a runner with, say, 100000 workers: a missing limit fails the test, it does not swamp the host.
 NO_RUNNER = "--models=nosuch.Model"
@@ -17,6 +25,52 @@ NO_RUNNER = "--models=nosuch.Model"
 def parse(command: str, app: str, *args: str):
     """The command's options as its own parser reads this command line (no handle(), nothing started)."""
     return load_command_class(app, command).create_parser("manage.py", command).parse_args(list(args))
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def workers_of(orchestrator_pid: int) -> list[psutil.Process]:
+    """Live worker processes started by this orchestrator, found by their command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"--orchestrator-pid={orchestrator_pid}" in (proc.info["cmdline"] or []) and alive(proc):
+            found.append(proc)
+    return found
+
+
+class ChildWatch:
+    """Every direct child a process has had while watched (a thread polls every 10 ms)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.seen: dict[int, psutil.Process] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def now(self) -> dict[int, psutil.Process]:
+        try:
+            children = {child.pid: child for child in psutil.Process(self.pid).children()}
+        except psutil.Error:
+            return {}
+        for pid, child in children.items():
+            self.seen.setdefault(pid, child)
+        return children
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.01):
+            self.now()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 # -- refused before anything starts ------------------------------------------------------------
@@ -122,3 +176,38 @@ def test_runner_options_keep_the_numbers_they_were_given_as_text():
 def test_quickstart_applies_the_same_worker_limit():
     with pytest.raises(CommandError, match="WORKERS_MAX_WORKERS"):
         parse("quickstart", "machine.demo", "--workers=100000")
+
+
+# -- SIGTERM while the workers start -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("workers", "delay"), [(8, 0.0), (8, 0.2), (32, 0.0), (32, 0.2)])
+def test_sigterm_while_workers_start_stops_them_all_within_the_grace_period_and_starts_no_more(
+    start_runner, workers, delay
+):
+    if workers > workers_settings.MAX_WORKERS:
+        pytest.skip(f"WORKERS_MAX_WORKERS is {workers_settings.MAX_WORKERS}")
+    grace = 2.0
+    runner = start_runner(f"--workers={workers}", f"--grace={grace}", "--poll=0.1")
+    children = ChildWatch(runner.pid)
+    wait_for(children.now, 60, "the first worker", interval=0.005)
+    time.sleep(delay)  # (0.2 s: every worker spawned, none ready: they are still importing Django)
+    children.start()
+    started = children.now()
+    began = time.monotonic()
+    runner.signal(signal.SIGTERM)
+    code = runner.wait(grace + 2)  # (late: fails with the process tree and its stacks)
+    took = time.monotonic() - began
+    children.stop()
+
+    assert code == 0, runner.output()
+    assert took < grace + 2
+    # No worker is started after the signal: at most the one being spawned as it came, and one
+    # spawned between our last look and the signal.
+    assert len(children.seen) <= len(started) + 2, (len(started), len(children.seen))
+    # None is left behind: neither one we saw nor any other that names this orchestrator.
+    assert not [child for child in children.seen.values() if alive(child)]
+    assert not workers_of(runner.pid)
+    rows = Process.objects.filter(process_type__in=RUNNER_TYPES)
+    assert set(rows.values_list("status", flat=True)) == {"exited"}
