@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -24,3 +27,17 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def from_check(check: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """A `type=` function from a check that raises ValueError with a message: argparse shows that
+    message (a plain ValueError would become its generic "invalid value")."""
+
+    def parse(value: str) -> T:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse

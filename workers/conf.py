@@ -39,6 +39,9 @@ class _Settings:
     #: A transaction-pooling connection pooler (PgBouncer) sits in front of the database: no session
     #: SETs, no LISTEN. The runner cannot detect it; set this to True there.
     POOLED = False
+    #: The most worker processes `runworker --workers` may start on one host (each is a Python process
+    #: with its own database connections); a larger number is refused before anything starts.
+    MAX_WORKERS = 64
     #: Worker restarts allowed per window (a crash loop is slowed down, never given up on).
     RESTART_BUDGET = 10
     RESTART_WINDOW = 60.0

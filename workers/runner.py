@@ -35,6 +35,7 @@ import collections
 import ctypes
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -80,9 +81,60 @@ class ExitNow(BaseException):
     """A second stop signal: leave at once."""
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The values one numeric runner option accepts, from `least` up to `most` (or a setting's value)."""
+
+    kind: type  # int: a whole number from `least`; float: seconds, finite and above `least`
+    least: float
+    most: float = math.inf
+    setting: str = ""  # a workers.conf name whose value, read when checking, replaces `most`
+
+    def check(self, value: object) -> int | float:
+        """`value` (a number, or its text from the command line) as `kind`; a ValueError says what fits."""
+        most = getattr(workers_settings, self.setting) if self.setting else self.most
+        number = self._number(value)
+        low_ok = number is not None and (number >= self.least if self.kind is int else number > self.least)
+        if not low_ok or number > most:
+            raise ValueError(f"must be {self._accepted(most)}, not {value!r}")
+        return number
+
+    def _number(self, value: object) -> int | float | None:
+        """`value` as a finite `kind`, else None (True, 2.5 workers, "abc", inf and nan are no numbers here)."""
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return None
+        try:
+            number = self.kind(value)
+        except (ValueError, OverflowError):
+            return None
+        if not math.isfinite(number) or (isinstance(value, float) and number != value):
+            return None
+        return number
+
+    def _accepted(self, most: float) -> str:
+        if self.kind is int:
+            text = f"a whole number from {self.least} to {most}"
+        else:
+            text = f"a number of seconds above {self.least:g} and at most {most:g}"
+        return f"{text} (the most is the WORKERS_{self.setting} setting)" if self.setting else text
+
+
+#: The limits of runworker's numeric options, in one place: the command's argparse types and
+#: RunnerOptions both check them, so neither a command line nor a call from Python can start a runner
+#: with, say, 100000 workers, a poll of 1e12 s (an overflow deep in the event loop) or a NaN grace.
+OPTION_LIMITS: dict[str, Limit] = {
+    "workers": Limit(int, 1, setting="MAX_WORKERS"),
+    "batch": Limit(int, 1, 1000),
+    "poll": Limit(float, 0, 3600),
+    "lock_seconds": Limit(float, 0, 86400),
+    "grace": Limit(float, 0, 86400),
+    "heartbeat": Limit(float, 0, 3600),
+}
+
+
 @dataclass
 class RunnerOptions:
-    """What `runworker` was asked to do."""
+    """What `runworker` was asked to do; a value out of OPTION_LIMITS is a ValueError naming it."""
 
     workers: int = 2
     until_idle: bool = False
@@ -96,6 +148,13 @@ class RunnerOptions:
     verbosity: int = 1
     #: --until-idle also waits for rows due within this many seconds, unless they back off after a failure.
     idle_horizon: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name, limit in OPTION_LIMITS.items():
+            try:
+                setattr(self, name, limit.check(getattr(self, name)))
+            except ValueError as exc:
+                raise ValueError(f"{name} {exc}") from None
 
     def as_worker_args(self) -> list[str]:
         args = [
@@ -983,6 +1042,8 @@ class Orchestrator:
             if not self._start():
                 return 128 + self._last_signal if self._signals else 0
             for _ in range(self.options.workers):
+                if self._stop.is_set():
+                    break  # signalled while starting: start no more (those started are stopped below)
                 self._spawn()
             exit_code = self._supervise()
         finally:
@@ -1117,6 +1178,8 @@ class Orchestrator:
     def _respawn(self) -> None:
         """Start a replacement, at most RESTART_BUDGET per RESTART_WINDOW seconds (a crash loop is
         slowed down, never given up on: the healthy rows still need workers)."""
+        if self._stop.is_set():
+            return  # a delayed restart firing while we stop would start a worker nobody signals
         now = time.monotonic()
         window, budget = workers_settings.RESTART_WINDOW, workers_settings.RESTART_BUDGET
         while self._restart_times and now - self._restart_times[0] > window:

@@ -8,20 +8,15 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.argtypes import positive_int
+from workers.argtypes import from_check
 from workers.console import Console, configure_logging
 from workers.progress import queue_progress
-from workers.runner import Orchestrator, RunnerOptions, Worker, driven_models
+from workers.runner import OPTION_LIMITS, Orchestrator, RunnerOptions, Worker, driven_models
 
 
-def positive_seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0 seconds")
-    return number
+def limited(name: str):
+    """The argparse type of a numeric option: the check of OPTION_LIMITS[name], with its message."""
+    return from_check(OPTION_LIMITS[name].check, name)
 
 
 def model_labels(value: str) -> list[str]:
@@ -39,7 +34,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--workers", type=positive_int, default=2, help="Worker processes to run (default: %(default)r)"
+            "--workers",
+            type=limited("workers"),
+            default=2,
+            help="Worker processes to run, at most WORKERS_MAX_WORKERS (default: %(default)r)",
         )
         parser.add_argument(
             "--until-idle",
@@ -55,28 +53,31 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--poll",
-            type=positive_seconds,
+            type=limited("poll"),
             default=0.5,
             help="Seconds between empty polls (default: %(default)r)",
         )
         parser.add_argument(
             "--lock-seconds",
-            type=positive_seconds,
+            type=limited("lock_seconds"),
             default=60.0,
             help="Length of a claim; renewed while the work goes on (default: %(default)r)",
         )
         parser.add_argument(
-            "--batch", type=positive_int, default=10, help="Rows claimed per statement (default: %(default)r)"
+            "--batch",
+            type=limited("batch"),
+            default=10,
+            help=f"Rows claimed per statement, at most {OPTION_LIMITS['batch'].most} (default: %(default)r)",
         )
         parser.add_argument(
             "--grace",
-            type=positive_seconds,
+            type=limited("grace"),
             default=10.0,
             help="Seconds in-flight work may finish after SIGTERM/SIGINT (default: %(default)r)",
         )
         parser.add_argument(
             "--heartbeat",
-            type=positive_seconds,
+            type=limited("heartbeat"),
             default=5.0,
             help="Seconds between heartbeats of the runner's Process rows (default: %(default)r)",
         )
@@ -95,17 +96,21 @@ class Command(BaseCommand):
         # The project's LOGGING wins: only loggers it left alone get a handler on stderr at -v's level.
         configure_logging(verbosity, self.stderr._out)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
-        runner_options = RunnerOptions(
-            workers=workers,
-            until_idle=until_idle,
-            models=tuple(models),
-            poll=poll,
-            lock_seconds=lock_seconds,
-            batch=batch,
-            grace=grace,
-            heartbeat=heartbeat,
-            verbosity=verbosity,
-        )
+        try:
+            # call_command(workers=...) skips the argparse types: RunnerOptions checks the same limits.
+            runner_options = RunnerOptions(
+                workers=workers,
+                until_idle=until_idle,
+                models=tuple(models),
+                poll=poll,
+                lock_seconds=lock_seconds,
+                batch=batch,
+                grace=grace,
+                heartbeat=heartbeat,
+                verbosity=verbosity,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         try:
             chosen = driven_models(runner_options.models)
         except ValueError as exc:

@@ -16,8 +16,9 @@ from machine.demo.quickstart import (
     quickstart,
     summary_records,
 )
-from workers.argtypes import positive_int
+from workers.argtypes import from_check
 from workers.console import Console, configure_logging
+from workers.runner import OPTION_LIMITS
 
 
 class Command(BaseCommand):
@@ -34,7 +35,10 @@ class Command(BaseCommand):
             help="Manifest JSON (default: the bundled machine/demo/manifest.json)",
         )
         parser.add_argument(
-            "--workers", type=positive_int, default=2, help="Worker processes (default: %(default)r)"
+            "--workers",
+            type=from_check(OPTION_LIMITS["workers"].check, "workers"),
+            default=2,
+            help="Worker processes, at most WORKERS_MAX_WORKERS (default: %(default)r)",
         )
         parser.add_argument("--no-progress", action="store_true", help="No live progress display")
         parser.add_argument("--json", action="store_true", help="Print JSONL records only on stdout")
