@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = int(os.environ.get("BENCH_DRAIN_COUNT", "1000"))
-WORKERS = 4
+WORKERS = int(os.environ.get("BENCH_DRAIN_WORKERS", "4"))
 BATCH = int(os.environ.get("BENCH_DRAIN_BATCH", "10"))
 
 

@@ -190,7 +190,9 @@ def launcher_affinity() -> models.Q:
     reap a child and learn its true exit code. So a worker takes a RUNNING row only if the pid is its
     own child, or if nobody polled the row for a while (its launcher is gone). Queued rows are anyone's.
     """
-    own_children = [child.pid for child in psutil.Process().children()]
+    # (This process's launch registry, not a /proc walk per claim: only children spawned through
+    # process_utils.spawn() ever get a RUNNING row here.)
+    own_children = sorted(process_utils.launched_pids())
     abandoned_before = timezone.now() - LAUNCHER_ABANDONED_AFTER
     return (
         ~models.Q(status=ProcessStatus.RUNNING)

@@ -147,7 +147,12 @@ class ProcessFilesMixin:
         directory would otherwise write the same stdout.log, and `prune` can delete the folder whole
         without ever touching a user's directory. See docs/compatibility.md.
         """
-        return machine_settings.processes_dir / str(self.id)
+        base = machine_settings.processes_dir
+        cached = self.__dict__.get("_runtime_dir")
+        if cached is None or cached[0] != (base, self.id):  # (built once per row and setting)
+            cached = (base, self.id), base / str(self.id)
+            self.__dict__["_runtime_dir"] = cached
+        return cached[1]
 
     def _runtime_file(self, name: str) -> Path:
         return self.runtime_dir / name

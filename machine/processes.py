@@ -77,6 +77,8 @@ class ProcessInputError(ValueError):
     """A Process cannot be launched as described (bad cmd, pwd or timeout); nothing was spawned."""
 
 
+#: How long after a background launch the row is first due for a poll (see ProcessMachine.poll_interval).
+LAUNCH_POLL_DELAY = timedelta(seconds=1)
 #: The longest timeout a Process accepts, in seconds (a year: the column and every wait can hold it).
 MAX_TIMEOUT = 365 * 24 * 3600
 
@@ -535,7 +537,9 @@ class ProcessMixin(ProcessFilesMixin):
             return self
         try:
             self.status = ProcessStatus.RUNNING
-            self.retry_at = timezone.now()  # due: the next tick polls it
+            # Due for a poll after POLL_INTERVAL; the runner's launching worker ticks it at the exit
+            # (its pidfd wakes it: runner_wake_fd), so a poll right away would only find it running.
+            self.retry_at = timezone.now() + LAUNCH_POLL_DELAY
             if background:
                 self._write_pid_file()
             self.save()  # visible (and findable by the child's own Process.current()) while it runs
