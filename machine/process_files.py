@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hooks.records import records_with_type
+from hooks.records import iter_records, records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
@@ -353,14 +353,16 @@ class ProcessFilesMixin:
 
     def get_records(self) -> list[dict]:
         """Records the process printed on stdout (from the DB copy, else the live log file)."""
+        return list(self.iter_records())
+
+    def iter_records(self) -> Iterator[dict]:
+        """get_records(), lazily; from the log file when the row stores only the output's tail."""
         text = self.stdout
         cut = bool(text) and text.startswith("[... ")  # the row keeps a tail: the file has the rest
         if (not text or cut) and self.stdout_file.exists():
             with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
-                return [
-                    record
-                    for line in log
-                    if line.lstrip().startswith(b"{")
-                    for record in self.parse_records_from_text(storable_text(line))
-                ]
-        return self.parse_records_from_text(text)
+                for line in log:
+                    if line.lstrip().startswith(b"{"):
+                        yield from iter_records(storable_text(line))
+            return
+        yield from iter_records(text or "")
