@@ -318,12 +318,37 @@ def _tree_over_rule():
     return tree_over
 
 
+def record_adopted_exits(keep) -> int:
+    """Close the RUNNING rows whose process exited as our adopted child, with its true exit code.
+
+    A worker that is SIGKILLed leaves its launches to the orchestrator (a subreaper): their exit
+    status comes here, not to a worker, so it is read here (pid and exact start time prove the
+    row) before the zombies are reaped. Returns how many rows were closed.
+    """
+    zombies = process_utils.adopted_zombies(keep)
+    if not zombies:
+        return 0
+    closed = 0
+    rows = Process.objects.running().on_machine(Machine.current()).filter(pid__in=list(zombies))
+    for row in rows:
+        start = zombies[row.pid]
+        if row.os_start_time is None or abs(row.os_start_time - start) > process_utils.EXACT_START_TOLERANCE:
+            continue
+        if row.poll() is not None:  # (reaps the proven zombie: its code, not an unknown 137)
+            closed += 1
+    return closed
+
+
 def on_runner_sweep(sender, orchestrator, worker_pids, **kwargs) -> None:
     """Reap the orchestrator's adopted orphans that have exited and end those whose tree is over."""
     since = _adopting["since"]
     if since is None:
         return
     workers = {*worker_pids, *(child.pid for child in getattr(orchestrator, "children", []))}
+    try:
+        record_adopted_exits(workers)
+    except DatabaseError:  # the zombies are reaped below all the same; their rows close as unknown
+        logger.warning("could not record the exits of adopted launches", exc_info=True)
     # SIGKILL at once: this runs in the orchestrator's loop, which must not wait on a daemon's grace.
     process_utils.end_orphans(since, keep=workers, should_end=_tree_over_rule())
 
@@ -334,6 +359,10 @@ def on_orchestrator_stopped(sender, orchestrator, **kwargs) -> None:
     if since is None:
         return
     workers = {child.pid for child in getattr(orchestrator, "children", [])}
+    try:
+        record_adopted_exits(workers)
+    except DatabaseError:
+        logger.warning("could not record the exits of adopted launches", exc_info=True)
     process_utils.end_orphans(since, keep=workers, grace=process_utils.LEFTOVER_GRACE)
     if not _adopting["was"]:
         process_utils.become_subreaper(False)

@@ -666,6 +666,25 @@ def ending_orphans(grace: float = LEFTOVER_GRACE) -> Iterator[bool]:
                 become_subreaper(False)
 
 
+def adopted_zombies(keep: Collection[int] = ()) -> dict[int, float]:
+    """Our exited children that no launch of ours owns (adopted orphans): pid -> OS start time.
+
+    A subreaper's, e.g. the launches of a worker that was SIGKILLed: their rows can be closed with
+    the true exit code (reap() of the proven zombie) before end_orphans() reaps the rest.
+    """
+    with _children_lock:
+        mine = {child.pid for child in _children.values()}
+    found: dict[int, float] = {}
+    for pid in sorted(_direct_children() - set(keep) - mine):
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() == os.getpid():
+                found[pid] = proc.create_time()
+        except psutil.Error:
+            continue
+    return found
+
+
 def launched_pids() -> set[int]:
     """Pids of the children launched by this process that the registry still remembers."""
     with _children_lock:

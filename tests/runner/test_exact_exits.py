@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from machine.models import Machine, Process
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,3 +35,31 @@ def test_ended_at_is_the_exit_time_not_the_next_poll(start_runner, tmp_path):
         took = (row.ended_at - row.started_at).total_seconds()
         # (0.3 s of sleep; the margin is for a loaded machine, the old poll would give >= 1 s)
         assert 0.29 <= took < 0.8, f"recorded duration {took:.3f}s for a 0.3 s process"
+
+
+def test_a_killed_workers_launches_keep_their_true_exit_codes(start_runner, tmp_path):
+    """SIGKILL the worker while its children run: the orchestrator (their subreaper now) records them.
+
+    Before: the orphans went to init, their exit status was lost, and their rows were closed as
+    unknown (137 and a note) once abandoned.
+    """
+    rows = _queue(tmp_path, 3, "sleep 2; exit 7")
+    runner = start_runner("--workers=1", "--models=machine.Process", "--poll=0.05", "--heartbeat=0.2")
+
+    def launched():
+        return all(row.pid for row in Process.objects.filter(pk__in=[r.pk for r in rows]))
+
+    wait_for(launched, 30, "the three launches")
+    worker = next(
+        child for child in psutil.Process(runner.pid).children() if "--worker" in " ".join(child.cmdline())
+    )
+    worker.kill()
+    wait_for(
+        lambda: all(r.status == "exited" for r in Process.objects.filter(pk__in=[r.pk for r in rows])),
+        30,
+        "the rows to close",
+    )
+    for row in rows:
+        row.refresh_from_db()
+        assert (row.exit_code, row.stderr) == (7, ""), row.stderr
+        assert 1.9 <= (row.ended_at - row.started_at).total_seconds() < 3.5
