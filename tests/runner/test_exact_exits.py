@@ -63,3 +63,15 @@ def test_a_killed_workers_launches_keep_their_true_exit_codes(start_runner, tmp_
         row.refresh_from_db()
         assert (row.exit_code, row.stderr) == (7, ""), row.stderr
         assert 1.9 <= (row.ended_at - row.started_at).total_seconds() < 3.5
+
+
+def test_a_gigabyte_of_output_under_the_runner_is_stored_bounded(start_runner, tmp_path):
+    """Before: "string or blob too big" (SQLite) / NUL refused (PostgreSQL); the row stayed running
+    for ever, retried every 5 minutes, and `--until-idle` never ended."""
+    (row,) = _queue(tmp_path, 1, "head -c 1073741824 /dev/zero; echo done")
+    runner = start_runner("--workers=1", "--until-idle", "--models=machine.Process", "--poll=0.05")
+    assert runner.wait(180) == 0, runner.output()
+    row.refresh_from_db()
+    assert (row.status, row.exit_code) == ("exited", 0)
+    assert row.stdout.endswith("\u2400done\n") and len(row.stdout.encode()) <= 3 * 1024 * 1024 + 200
+    assert row.stdout_file.stat().st_size <= 16 * 1024 * 1024 + 200
