@@ -100,6 +100,8 @@ class _Child:
     exit_code: int | None = None
     #: _pid_counters() read just before the fork: how far pid allocation can have moved since.
     counters: tuple[int, int] | None = None
+    #: The log files its output goes to (cap_running_logs keeps them within a cap while it runs).
+    logs: tuple[str, ...] = ()
 
 
 # Children launched by this process, by marker: unique per launch, unlike pid + start tick.
@@ -666,6 +668,20 @@ def ending_orphans(grace: float = LEFTOVER_GRACE) -> Iterator[bool]:
                 become_subreaper(False)
 
 
+def launched_running() -> bool:
+    """Whether a child launched here still runs (those that ended are reaped, their status kept)."""
+    with _children_lock:
+        children = [child for child in _children.values() if child.exit_code is None]
+    return any(_poll_child(child) is None for child in children)
+
+
+def cap_running_logs(max_bytes: int) -> int:
+    """cap_log() the log files of every child launched here that still runs; return the bytes cut."""
+    with _children_lock:
+        paths = [path for child in _children.values() if child.exit_code is None for path in child.logs]
+    return sum(cap_log(path, max_bytes) for path in paths)
+
+
 def adopted_zombies(keep: Collection[int] = ()) -> dict[int, float]:
     """Our exited children that no launch of ours owns (adopted orphans): pid -> OS start time.
 
@@ -888,7 +904,8 @@ def spawn(
         pidfd = None
     start_time = get_start_time(popen.pid) or time.time()  # (an unreaped child always has one)
     _wait_exec_visible(popen)
-    _register(_Child(popen.pid, start_time, marker, popen, pidfd, counters=counters))
+    logs = tuple(os.fspath(path) for path in (stdout_path, stderr_path) if path is not None)
+    _register(_Child(popen.pid, start_time, marker, popen, pidfd, counters=counters, logs=logs))
     return Spawned(pid=popen.pid, start_time=start_time, marker=marker, pidfd=pidfd, popen=popen)
 
 

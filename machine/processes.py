@@ -79,6 +79,29 @@ class ProcessInputError(ValueError):
 
 #: How long after a background launch the row is first due for a poll (see ProcessMachine.poll_interval).
 LAUNCH_POLL_DELAY = timedelta(seconds=1)
+#: How often a worker checks the log sizes of the processes it launched (runner_attach).
+LOG_CAP_INTERVAL = 0.2
+#: The worker's event loop (runner_attach) and whether the log-cap timer is set on it.
+_log_cap_timer: dict[str, Any] = {"loop": None, "set": False}
+
+
+def _watch_log_sizes() -> None:
+    """In a worker: check the launched children's logs every LOG_CAP_INTERVAL while any of them runs.
+
+    Only while one runs: an idle worker's loop is not woken for nothing.
+    """
+    loop = _log_cap_timer["loop"]
+    if loop is None or _log_cap_timer["set"]:
+        return
+
+    def cap() -> None:
+        _log_cap_timer["set"] = False
+        if process_utils.launched_running():
+            process_utils.cap_running_logs(machine_settings.LOG_MAX_BYTES)
+            _watch_log_sizes()
+
+    _log_cap_timer["set"] = True
+    loop.call_later(LOG_CAP_INTERVAL, cap)
 #: The longest timeout a Process accepts, in seconds (a year: the column and every wait can hold it).
 MAX_TIMEOUT = 365 * 24 * 3600
 
@@ -547,6 +570,8 @@ class ProcessMixin(ProcessFilesMixin):
             self._abandon_launch(exc)
             raise
         signals.process_started.send_robust(type(self), process=self)
+        if background:
+            _watch_log_sizes()
         if not background:
             self._finish(self._wait_foreground())
         return self
@@ -617,6 +642,12 @@ class ProcessMixin(ProcessFilesMixin):
         # row is kept; otherwise the row says that nobody knows it.
         self._finish(self.exit_code)
         return self.exit_code
+
+    @classmethod
+    def runner_attach(cls, loop) -> None:
+        """In each worker: keep the logs of the processes it launched within the cap while they run."""
+        _log_cap_timer["loop"] = loop
+
 
     def runner_wake_fd(self) -> int | None:
         """Our running child's pidfd (a dup): the worker that launched it ticks it the moment it exits."""

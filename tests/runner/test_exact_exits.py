@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 
@@ -75,3 +77,22 @@ def test_a_gigabyte_of_output_under_the_runner_is_stored_bounded(start_runner, t
     assert (row.status, row.exit_code) == ("exited", 0)
     assert row.stdout.endswith("\u2400done\n") and len(row.stdout.encode()) <= 3 * 1024 * 1024 + 200
     assert row.stdout_file.stat().st_size <= 16 * 1024 * 1024 + 200
+
+
+def test_a_runaway_log_is_capped_while_the_runner_watches(start_runner, tmp_path):
+    """`yes` under the runner: its worker keeps the log within MACHINE_LOG_MAX_BYTES while it runs."""
+    (row,) = _queue(tmp_path, 1, "yes")
+    runner = start_runner("--workers=1", "--models=machine.Process", "--poll=0.05")
+    wait_for(lambda: Process.objects.get(pk=row.pk).pid, 30, "the launch")
+    row.refresh_from_db()
+    sizes = []
+    for _ in range(20):
+        time.sleep(0.1)
+        sizes.append(row.stdout_file.stat().st_size)
+    assert row.kill_tree(graceful_timeout=0) >= 1
+    # (16 MiB plus what `yes` writes between two checks, 0.2 s apart)
+    assert max(sizes) < 16 * 1024 * 1024 + 600 * 1024 * 1024, sizes
+    assert sizes[-1] < 16 * 1024 * 1024 + 600 * 1024 * 1024
+    assert b"bytes cut: the log keeps its first and last" in row.stdout_file.read_bytes()[: 9 * 1024 * 1024]
+    runner.signal(15)
+    assert runner.wait(30) == 0
