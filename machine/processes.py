@@ -125,8 +125,22 @@ def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any,
             raise ProcessInputError(f"env keys must be non-empty strings without '=', got {key!r}")
         if problem := _text_problem(key):
             raise ProcessInputError(f"env key {key!r} {problem}")
-        if isinstance(value, str) and (problem := _text_problem(value)):
-            raise ProcessInputError(f"the value of env {key} {problem}")  # (never the value)
+        for text in _env_texts(value):  # (a dict or list value too: the row stores it as JSON)
+            if problem := _text_problem(text):
+                raise ProcessInputError(f"the value of env {key} {problem}")  # (never the value)
+
+
+def _env_texts(value: Any) -> Iterable[str]:
+    """Every text inside an env value: itself, or the keys and strings of a dict/list at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _env_texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _env_texts(item)
 
 
 #: The exit code recorded when how a process ended can no longer be known (as for a SIGKILL).
