@@ -27,7 +27,7 @@ from hooks.discovery import discover_hooks, plugin_name_for
 from hooks.dispatch import dispatch_records
 from hooks.execution import run_hook
 from hooks.overrides import override_problems
-from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, iter_records, records_for_request
+from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, records_for_request
 from machine import signals
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
@@ -488,7 +488,8 @@ class BinaryMixin:
                 continue
             # A hook is trusted with its own request only: this binary's record and its *_BINARY
             # config key; everything else it printed is dropped, and reading stops at the budget.
-            trusted = records_for_request(iter_records(process.stdout or ""), self.name, deadline=deadline)
+            # (From the log file when the row stores only its tail: the first records count.)
+            trusted = records_for_request(process.iter_records(), self.name, deadline=deadline)
             if trusted.dropped or trusted.cut_short:
                 self._report_dropped(process, hook, trusted)
             result = self._pick_result(trusted.kept)

@@ -348,14 +348,18 @@ class ProcessFilesMixin:
 
     def get_records(self) -> list[dict]:
         """Records the process printed on stdout (from the DB copy, else the live log file)."""
+        return list(self.iter_records())
+
+    def iter_records(self) -> Iterator[dict]:
+        """get_records(), lazily: a caller that stops early reads and parses no further line."""
         text = self.stdout
         cut = bool(text) and text.startswith("[... ")  # the row keeps a tail: the file has the rest
         if (not text or cut) and self.stdout_file.exists():
-            with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
-                return [
-                    record
-                    for line in log
-                    if line.lstrip().startswith(b"{")
-                    for record in self.parse_records_from_text(storable_text(line))
-                ]
-        return self.parse_records_from_text(text)
+            return self._log_records()
+        return iter(self.parse_records_from_text(text))
+
+    def _log_records(self) -> Iterator[dict]:
+        with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
+            for line in log:
+                if line.lstrip().startswith(b"{"):
+                    yield from self.parse_records_from_text(storable_text(line))
