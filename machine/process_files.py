@@ -17,7 +17,16 @@ from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
-from machine.redaction import GATE_WORDS, MASK, Scrubber, is_secret_key, mask_cmd, mask_env, mask_text
+from machine.redaction import (
+    GATE_WORDS,
+    MASK,
+    Scrubber,
+    is_secret_key,
+    mask_cmd,
+    mask_env,
+    mask_text,
+    secret_forms,
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # (what undecodable bytes become in a str)
 
@@ -218,10 +227,18 @@ class ProcessFilesMixin:
     def _remove_pid_file(self) -> None:
         self.pid_file.unlink(missing_ok=True)
 
-    def _cap_logs(self) -> None:
-        """Keep both log files within MACHINE_LOG_MAX_BYTES (head and tail kept, the cut said)."""
+    def _cap_logs(self, secrets: list[str] | None = None) -> None:
+        """Keep both log files within MACHINE_LOG_MAX_BYTES (head and tail kept, the cut said).
+
+        A known secret the cut would split keeps no part of it (asked for only when a file is cut).
+        """
+
+        def needles() -> list[bytes]:
+            values = self.mask_values() if secrets is None else secrets
+            return [value.encode("utf-8", "surrogateescape") for value in secret_forms(values)]
+
         for path in (self.stdout_file, self.stderr_file):
-            process_utils.cap_log(path, machine_settings.LOG_MAX_BYTES)
+            process_utils.cap_log(path, machine_settings.LOG_MAX_BYTES, needles)
 
     def _read_logs(self, secrets: list[str] | None = None) -> tuple[str | None, str | None]:
         """The stored form of both logs (None for a missing one): masked, bounded, storable.

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -910,11 +910,40 @@ _CUT_RE = re.compile(rb"\n\[\.\.\. (\d+) bytes cut: the log keeps its first and 
 _COPY_CHUNK = 1024 * 1024
 
 
-def cap_log(path: StrPath, max_bytes: int) -> int:
+def _blank_split_secrets(fd: int, boundary: int, needles: list[bytes], *, kept_after: bool) -> None:
+    """Overwrite with '*' the kept part of every needle that a cut at `boundary` splits in two."""
+    longest = max(len(needle) for needle in needles)
+    start = max(0, boundary - longest + 1)
+    window = os.pread(fd, boundary - start + longest - 1, start)
+    spans = []
+    for needle in needles:
+        at = window.find(needle)
+        while at >= 0:
+            if start + at < boundary < start + at + len(needle):
+                spans.append((start + at, start + at + len(needle)))
+            at = window.find(needle, at + 1)
+    if not spans:
+        return
+    if kept_after:  # the kept tail starts at boundary
+        end = max(stop for _, stop in spans)
+        os.pwrite(fd, b"*" * (end - boundary), boundary)
+    else:  # the kept head ends at boundary
+        first = min(begin for begin, _ in spans)
+        os.pwrite(fd, b"*" * (boundary - first), first)
+
+
+def cap_log(
+    path: StrPath,
+    max_bytes: int,
+    secrets: Iterable[bytes] | Callable[[], Iterable[bytes]] = (),
+) -> int:
     """Keep a log within about max_bytes: its first and last max_bytes/2, and a line saying what was cut.
 
     Safe while the child still appends (its fd is O_APPEND, so it writes at the new end): the tail
     is moved down in bounded chunks, never read whole. Returns the bytes cut now (0: nothing to do).
+    `secrets` (byte strings, or a callable giving them, asked only when something is cut): a secret
+    the cut splits in two keeps no part of it (it is overwritten with '*'), since neither half can be
+    recognised and masked afterwards.
     """
     if path is None or max_bytes <= 0:
         return 0
@@ -933,6 +962,11 @@ def cap_log(path: StrPath, max_bytes: int) -> int:
         cut_now = size - keep - old_line - keep
         if cut_now <= 256:  # (the moved tail must start past where it goes, and cutting crumbs is noise)
             return 0
+        needles = [needle for needle in (secrets() if callable(secrets) else secrets) if needle]
+        if needles:
+            if not earlier:  # (the head is cut once: later cuts keep it as it is)
+                _blank_split_secrets(fd, keep, needles, kept_after=False)
+            _blank_split_secrets(fd, size - keep, needles, kept_after=True)
         line = _CUT_LINE % (cut_before + cut_now, keep)
         os.pwrite(fd, line, keep)
         src, dest = size - keep, keep + len(line)

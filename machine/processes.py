@@ -483,7 +483,7 @@ class ProcessMixin(ProcessFilesMixin):
         self._end_leftovers()
         code, unknown = recorded_exit(exit_code)
         secrets = self.mask_values()
-        self._cap_logs()
+        self._cap_logs(secrets)
         stdout, stderr = self._read_logs(secrets)  # (masked, bounded)
         self.stdout = stdout if stdout is not None else mask_text(self.stdout or "", secrets)
         self.stderr = stderr if stderr is not None else mask_text(self.stderr or "", secrets)

@@ -39,6 +39,7 @@ __all__ = [
     "mask_env",
     "mask_nested",
     "mask_text",
+    "secret_forms",
     "secret_values",
 ]
 
@@ -334,6 +335,11 @@ def _usable(secrets: Iterable[str]) -> tuple[str, ...]:
         if len(form) >= MIN_SECRET_LENGTH and not _is_masked(form)
     }
     return tuple(sorted(found, key=lambda s: (-len(s), s)))
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Every form (as is, percent-encoded, JSON-escaped) of the secrets long enough to mask by value."""
+    return _usable(secrets)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,81 @@
+"""Adversarial tests for issue 10 (bounded output, input refused first, detached descendants)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from machine import process_utils as pu
+from machine.choices import ProcessStatus
+from machine.models import Process
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "Zq8LmW3vRt6YpK2nXc9BfH4jDs7GaE5u"
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.parametrize("where", ["head", "tail"])
+def test_a_cut_never_keeps_part_of_a_secret(make_process, settings, where):
+    """The cap cuts at byte offsets: a secret printed across the kept head's end (or the kept
+    tail's start) must not survive in part, in the log file or in the row."""
+    settings.MACHINE_LOG_MAX_BYTES = 4000
+    keep = 2000
+    if where == "head":  # the secret starts 10 bytes before the head's end
+        code = (
+            "import os,sys\n"
+            f"sys.stdout.write('a' * {keep - 10} + os.environ['API_TOKEN'] + 'b' * 20000 + '\\n')\n"
+        )
+    else:  # the tail starts 10 bytes before the secret's end
+        code = (
+            "import os,sys\n"
+            f"s = os.environ['API_TOKEN']\n"
+            f"sys.stdout.write('a' * 20000 + s + 'b' * {keep - 11} + '\\n')\n"
+        )
+    process = make_process(_py(code), env={"API_TOKEN": SECRET})
+    process.launch()
+    assert process.exit_code == 0
+    data = process.stdout_file.read_bytes()
+    assert b"bytes cut" in data
+    for part in (SECRET[:10], SECRET[-10:]):
+        assert part not in data.decode(), f"{part!r} of the secret kept in the log"
+        assert part not in process.stdout, f"{part!r} of the secret stored in the row"
+
+
+def test_a_secret_env_var_of_undecodable_bytes_in_our_environment(make_process, monkeypatch):
+    """An inherited secret-looking variable whose value is not UTF-8 (os.environ holds it with
+    surrogates) must neither break every launch nor leak: the child prints it raw, it is masked."""
+    raw = b"\xff\xfe" + SECRET.encode()
+    monkeypatch.setitem(os.environb, b"LEGACY_TOKEN", raw)
+    code = "import os,sys\nsys.stdout.buffer.write(os.environb[b'LEGACY_TOKEN'] + b'\\n')"
+    process = make_process(_py(code))
+    process.launch()
+    assert process.exit_code == 0
+    assert SECRET not in process.stdout
+    assert SECRET.encode() not in process.stdout_file.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "value", [{"nested": "a\x00b"}, ["a\x00b"], {"nested": "\udcff"}, {"k\x00": 1}], ids=["dict-nul", "list-nul", "dict-surrogate", "key-nul"]
+)
+def test_nested_env_values_refused_before_anything_exists(make_process, data_dir, value):
+    """A structured env value (given to the child as JSON) with NUL or a lone surrogate inside: the
+    row must either store it or refuse it before the spawn, never fail after it."""
+    from machine.processes import ProcessInputError
+
+    process = make_process(_py("pass"), env={"DATA": value})
+    try:
+        process.launch()
+    except ProcessInputError:
+        assert not (data_dir / "processes").exists() or not any((data_dir / "processes").iterdir())
+        assert not Process.objects.filter(pk=process.pk).exists()
+        return
+    process.refresh_from_db()
+    assert process.status == ProcessStatus.EXITED and process.exit_code == 0
