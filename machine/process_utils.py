@@ -26,6 +26,7 @@ processes that own everything they start (``manage.py run``, the runner's orches
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -951,6 +952,13 @@ def cap_log(
         fd = os.open(path, os.O_RDWR)  # (not O_APPEND: pwrite must write where it is told)
     except OSError:
         return 0
+    try:
+        # One cut at a time (threads or processes watching the same child): a cut that truncates
+        # the file under another one in progress made that one cut it down to its head.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return 0  # (being cut right now)
     try:
         size = os.fstat(fd).st_size
         if size <= max_bytes:

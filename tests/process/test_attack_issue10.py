@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 import pytest
 
@@ -63,7 +62,9 @@ def test_a_secret_env_var_of_undecodable_bytes_in_our_environment(make_process, 
 
 
 @pytest.mark.parametrize(
-    "value", [{"nested": "a\x00b"}, ["a\x00b"], {"nested": "\udcff"}, {"k\x00": 1}], ids=["dict-nul", "list-nul", "dict-surrogate", "key-nul"]
+    "value",
+    [{"nested": "a\x00b"}, ["a\x00b"], {"nested": "\udcff"}, {"k\x00": 1}],
+    ids=["dict-nul", "list-nul", "dict-surrogate", "key-nul"],
 )
 def test_nested_env_values_refused_before_anything_exists(make_process, data_dir, value):
     """A structured env value (given to the child as JSON) with NUL or a lone surrogate inside: the
@@ -79,3 +80,29 @@ def test_nested_env_values_refused_before_anything_exists(make_process, data_dir
         return
     process.refresh_from_db()
     assert process.status == ProcessStatus.EXITED and process.exit_code == 0
+
+
+def test_two_cap_log_calls_at_once_keep_the_tail(tmp_path):
+    """Two watchers cap the same log at the same moment (run's stdout and stderr threads both cap
+    both logs; any process polling a running row caps it too): the kept tail must survive. One
+    call truncated the file under the other, which then cut it down to the head and its notice."""
+    log = tmp_path / "x.log"
+    body = b"".join(b"%08d\n" % i for i in range(400_000))  # 3.6 MB
+    lost = []
+    for trial in range(30):
+        log.write_bytes(body)
+        barrier = threading.Barrier(2)
+
+        def cap():
+            barrier.wait()
+            pu.cap_log(log, 2 * 1024 * 1024)
+
+        threads = [threading.Thread(target=cap) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        data = log.read_bytes()
+        if not (data.startswith(b"00000000\n") and data.endswith(b"00399999\n") and len(data) > 2_000_000):
+            lost.append((trial, len(data)))
+    assert not lost, f"tail lost in {len(lost)} of 30 concurrent caps: {lost[:3]}"
