@@ -93,7 +93,7 @@ def test_two_cap_log_calls_at_once_keep_the_tail(tmp_path):
         log.write_bytes(body)
         barrier = threading.Barrier(2)
 
-        def cap():
+        def cap(barrier=barrier):
             barrier.wait()
             pu.cap_log(log, 2 * 1024 * 1024)
 
