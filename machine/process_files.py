@@ -98,7 +98,7 @@ def _mask_file(path: Path, secrets: list[str], chunk_size: int = 256 * 1024) -> 
     scrubber = Scrubber(secrets, max_line=chunk_size)
     scratch = path.with_name(f".{path.name}.masking")
     try:
-        with open(path, "rb") as source:
+        with process_utils.open_log(path) as source:
             first = source.read(chunk_size)
             if len(first) < chunk_size:  # the usual small log: in memory, written only if changed
                 masked = scrubber.feed(first) + scrubber.flush()
@@ -289,7 +289,7 @@ class ProcessFilesMixin:
         Known secret values are masked across chunk boundaries, the positional rules line by line
         (redaction.Scrubber). Opens the file at once (FileNotFoundError/OSError here, not later).
         """
-        handle = open(self._stream_file(stream), "rb")  # noqa: SIM115  (closed by the generator)
+        handle = process_utils.open_log(self._stream_file(stream))  # (closed by the generator)
         return _masked_chunks(handle, Scrubber(self.mask_values(), max_line=4 * chunk_size), chunk_size)
 
     def tail_stdout(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
@@ -376,7 +376,7 @@ class ProcessFilesMixin:
         return iter(self.parse_records_from_text(text))
 
     def _log_records(self) -> Iterator[dict]:
-        with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
+        with process_utils.open_log(self.stdout_file) as log:  # (within LOG_MAX_BYTES), by line
             for line in log:
                 if line.lstrip().startswith(b"{"):
                     yield from self.parse_records_from_text(storable_text(line))

@@ -26,12 +26,14 @@ processes that own everything they start (``manage.py run``, the runner's orches
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -949,8 +951,12 @@ def cap_log(
     if path is None or max_bytes <= 0:
         return 0
     try:
-        fd = os.open(path, os.O_RDWR)  # (not O_APPEND: pwrite must write where it is told)
+        # (not O_APPEND: pwrite must write where it is told; O_NONBLOCK: never wait on a FIFO)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
+        return 0
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return 0
     try:
         # One cut at a time (threads or processes watching the same child): a cut that truncates
@@ -996,10 +1002,28 @@ def cap_log(
         os.close(fd)
 
 
+def open_log(path: StrPath):
+    """A log file opened for reading (binary); OSError unless it is a regular file.
+
+    A child can swap its log for a FIFO or a device: opening a FIFO for reading blocks until a
+    writer comes, which would hang whoever closes the row or tails it. O_NONBLOCK makes that open
+    return at once, and anything but a regular file is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_tail(path: StrPath, max_bytes: int) -> tuple[bytes, int] | None:
     """The last max_bytes of a file and how many bytes come before them; None if it cannot be read."""
     try:
-        with open(path, "rb") as f:
+        with open_log(path) as f:
             size = f.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             f.seek(start)
@@ -1046,7 +1070,7 @@ def tail(
     stopped = stop or (lambda: False)
     while True:  # following a file that does not exist yet means waiting for it
         try:
-            f = open(path, "rb")
+            f = open_log(path)
             break
         except FileNotFoundError:
             if not follow or stopped():
@@ -1065,7 +1089,7 @@ def tail(
                 st = os.stat(path)
                 if st.st_ino != os.fstat(f.fileno()).st_ino:  # replaced (rotated): follow the new file
                     f.close()
-                    f, pos, partial = open(path, "rb"), 0, b""
+                    f, pos, partial = open_log(path), 0, b""
                 elif st.st_size < pos:
                     if head and os.pread(f.fileno(), len(head), 0) == head:
                         # Same beginning: cap_log cut its middle. Go on from the new end.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -140,3 +141,32 @@ def test_cap_log_loses_no_write_of_a_busy_child(tmp_path):
         writer.wait()
     assert cuts > 20
     assert not gaps, f"{len(gaps)} writes lost in {cuts} cuts, e.g. {gaps[:3]}"
+
+
+def test_a_child_replacing_its_log_with_a_fifo_does_not_hang_the_close(make_process):
+    """A hostile child swaps its stdout.log for a FIFO: closing its row must not block forever
+    (opening a FIFO for reading waits for a writer that never comes)."""
+    script = 'log=$(readlink /proc/$$/fd/1); rm -f "$log"; mkfifo "$log"; exit 3'
+    process = make_process(["sh", "-c", script])
+    finished, hung = threading.Event(), threading.Event()
+
+    def watchdog():  # after 15 s, be the FIFO's writer so the blocked open() returns
+        if not finished.wait(15):
+            hung.set()
+            while not finished.is_set():
+                try:
+                    fd = os.open(process.stdout_file, os.O_WRONLY | os.O_NONBLOCK)
+                    os.close(fd)
+                except OSError:
+                    pass
+                time.sleep(0.01)
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    try:
+        process.launch()
+    finally:
+        finished.set()
+        guard.join(5)
+    assert not hung.is_set(), "closing the row blocked on the FIFO"
+    assert process.exit_code == 3
