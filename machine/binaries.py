@@ -488,6 +488,7 @@ class BinaryMixin:
                 continue
             # A hook is trusted with its own request only: this binary's record and its *_BINARY
             # config key; everything else it printed is dropped, and reading stops at the budget.
+            # (From the log file when the row stores only its tail: the first records count.)
             trusted = records_for_request(process.iter_records(), self.name, deadline=deadline)
             if trusted.dropped or trusted.cut_short:
                 self._report_dropped(process, hook, trusted)

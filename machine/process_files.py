@@ -13,11 +13,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hooks.records import iter_records, records_with_type
+from hooks.records import records_with_type
 from machine import process_utils
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
-from machine.redaction import GATE_WORDS, MASK, Scrubber, is_secret_key, mask_cmd, mask_env, mask_text
+from machine.redaction import (
+    GATE_WORDS,
+    MASK,
+    Scrubber,
+    is_secret_key,
+    mask_cmd,
+    mask_env,
+    mask_text,
+    secret_forms,
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # (what undecodable bytes become in a str)
 
@@ -89,7 +98,7 @@ def _mask_file(path: Path, secrets: list[str], chunk_size: int = 256 * 1024) -> 
     scrubber = Scrubber(secrets, max_line=chunk_size)
     scratch = path.with_name(f".{path.name}.masking")
     try:
-        with open(path, "rb") as source:
+        with process_utils.open_log(path) as source:
             first = source.read(chunk_size)
             if len(first) < chunk_size:  # the usual small log: in memory, written only if changed
                 masked = scrubber.feed(first) + scrubber.flush()
@@ -223,10 +232,18 @@ class ProcessFilesMixin:
     def _remove_pid_file(self) -> None:
         self.pid_file.unlink(missing_ok=True)
 
-    def _cap_logs(self) -> None:
-        """Keep both log files within MACHINE_LOG_MAX_BYTES (head and tail kept, the cut said)."""
+    def _cap_logs(self, secrets: list[str] | None = None) -> None:
+        """Keep both log files within MACHINE_LOG_MAX_BYTES (head and tail kept, the cut said).
+
+        A known secret the cut would split keeps no part of it (asked for only when a file is cut).
+        """
+
+        def needles() -> list[bytes]:
+            values = self.mask_values() if secrets is None else secrets
+            return [value.encode("utf-8", "surrogateescape") for value in secret_forms(values)]
+
         for path in (self.stdout_file, self.stderr_file):
-            process_utils.cap_log(path, machine_settings.LOG_MAX_BYTES)
+            process_utils.cap_log(path, machine_settings.LOG_MAX_BYTES, needles)
 
     def _read_logs(self, secrets: list[str] | None = None) -> tuple[str | None, str | None]:
         """The stored form of both logs (None for a missing one): masked, bounded, storable.
@@ -277,7 +294,7 @@ class ProcessFilesMixin:
         Known secret values are masked across chunk boundaries, the positional rules line by line
         (redaction.Scrubber). Opens the file at once (FileNotFoundError/OSError here, not later).
         """
-        handle = open(self._stream_file(stream), "rb")  # noqa: SIM115  (closed by the generator)
+        handle = process_utils.open_log(self._stream_file(stream))  # (closed by the generator)
         return _masked_chunks(handle, Scrubber(self.mask_values(), max_line=4 * chunk_size), chunk_size)
 
     def tail_stdout(self, lines: int = 50, follow: bool = False) -> Iterator[str]:
@@ -356,13 +373,15 @@ class ProcessFilesMixin:
         return list(self.iter_records())
 
     def iter_records(self) -> Iterator[dict]:
-        """get_records(), lazily; from the log file when the row stores only the output's tail."""
+        """get_records(), lazily: a caller that stops early reads and parses no further line."""
         text = self.stdout
         cut = bool(text) and text.startswith("[... ")  # the row keeps a tail: the file has the rest
         if (not text or cut) and self.stdout_file.exists():
-            with open(self.stdout_file, "rb") as log:  # (within LOG_MAX_BYTES), line by line
-                for line in log:
-                    if line.lstrip().startswith(b"{"):
-                        yield from iter_records(storable_text(line))
-            return
-        yield from iter_records(text or "")
+            return self._log_records()
+        return iter(self.parse_records_from_text(text))
+
+    def _log_records(self) -> Iterator[dict]:
+        with process_utils.open_log(self.stdout_file) as log:  # (within LOG_MAX_BYTES), by line
+            for line in log:
+                if line.lstrip().startswith(b"{"):
+                    yield from self.parse_records_from_text(storable_text(line))

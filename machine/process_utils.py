@@ -26,17 +26,20 @@ processes that own everything they start (``manage.py run``, the runner's orches
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -946,18 +949,58 @@ _CUT_RE = re.compile(rb"\n\[\.\.\. (\d+) bytes cut: the log keeps its first and 
 _COPY_CHUNK = 1024 * 1024
 
 
-def cap_log(path: StrPath, max_bytes: int) -> int:
+def _blank_split_secrets(fd: int, boundary: int, needles: list[bytes], *, kept_after: bool) -> None:
+    """Overwrite with '*' the kept part of every needle that a cut at `boundary` splits in two."""
+    longest = max(len(needle) for needle in needles)
+    start = max(0, boundary - longest + 1)
+    window = os.pread(fd, boundary - start + longest - 1, start)
+    spans = []
+    for needle in needles:
+        at = window.find(needle)
+        while at >= 0:
+            if start + at < boundary < start + at + len(needle):
+                spans.append((start + at, start + at + len(needle)))
+            at = window.find(needle, at + 1)
+    if not spans:
+        return
+    if kept_after:  # the kept tail starts at boundary
+        end = max(stop for _, stop in spans)
+        os.pwrite(fd, b"*" * (end - boundary), boundary)
+    else:  # the kept head ends at boundary
+        first = min(begin for begin, _ in spans)
+        os.pwrite(fd, b"*" * (boundary - first), first)
+
+
+def cap_log(
+    path: StrPath,
+    max_bytes: int,
+    secrets: Iterable[bytes] | Callable[[], Iterable[bytes]] = (),
+) -> int:
     """Keep a log within about max_bytes: its first and last max_bytes/2, and a line saying what was cut.
 
     Safe while the child still appends (its fd is O_APPEND, so it writes at the new end): the tail
     is moved down in bounded chunks, never read whole. Returns the bytes cut now (0: nothing to do).
+    `secrets` (byte strings, or a callable giving them, asked only when something is cut): a secret
+    the cut splits in two keeps no part of it (it is overwritten with '*'), since neither half can be
+    recognised and masked afterwards.
     """
     if path is None or max_bytes <= 0:
         return 0
     try:
-        fd = os.open(path, os.O_RDWR)  # (not O_APPEND: pwrite must write where it is told)
+        # (not O_APPEND: pwrite must write where it is told; O_NONBLOCK: never wait on a FIFO)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return 0
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return 0
+    try:
+        # One cut at a time (threads or processes watching the same child): a cut that truncates
+        # the file under another one in progress made that one cut it down to its head.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return 0  # (being cut right now)
     try:
         size = os.fstat(fd).st_size
         if size <= max_bytes:
@@ -969,6 +1012,11 @@ def cap_log(path: StrPath, max_bytes: int) -> int:
         cut_now = size - keep - old_line - keep
         if cut_now <= 256:  # (the moved tail must start past where it goes, and cutting crumbs is noise)
             return 0
+        needles = [needle for needle in (secrets() if callable(secrets) else secrets) if needle]
+        if needles:
+            if not earlier:  # (the head is cut once: later cuts keep it as it is)
+                _blank_split_secrets(fd, keep, needles, kept_after=False)
+            _blank_split_secrets(fd, size - keep, needles, kept_after=True)
         line = _CUT_LINE % (cut_before + cut_now, keep)
         os.pwrite(fd, line, keep)
         src, dest = size - keep, keep + len(line)
@@ -990,10 +1038,28 @@ def cap_log(path: StrPath, max_bytes: int) -> int:
         os.close(fd)
 
 
+def open_log(path: StrPath):
+    """A log file opened for reading (binary); OSError unless it is a regular file.
+
+    A child can swap its log for a FIFO or a device: opening a FIFO for reading blocks until a
+    writer comes, which would hang whoever closes the row or tails it. O_NONBLOCK makes that open
+    return at once, and anything but a regular file is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_tail(path: StrPath, max_bytes: int) -> tuple[bytes, int] | None:
     """The last max_bytes of a file and how many bytes come before them; None if it cannot be read."""
     try:
-        with open(path, "rb") as f:
+        with open_log(path) as f:
             size = f.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             f.seek(start)
@@ -1040,7 +1106,7 @@ def tail(
     stopped = stop or (lambda: False)
     while True:  # following a file that does not exist yet means waiting for it
         try:
-            f = open(path, "rb")
+            f = open_log(path)
             break
         except FileNotFoundError:
             if not follow or stopped():
@@ -1059,7 +1125,7 @@ def tail(
                 st = os.stat(path)
                 if st.st_ino != os.fstat(f.fileno()).st_ino:  # replaced (rotated): follow the new file
                     f.close()
-                    f, pos, partial = open(path, "rb"), 0, b""
+                    f, pos, partial = open_log(path), 0, b""
                 elif st.st_size < pos:
                     if head and os.pread(f.fileno(), len(head), 0) == head:
                         # Same beginning: cap_log cut its middle. Go on from the new end.

@@ -102,6 +102,8 @@ def _watch_log_sizes() -> None:
 
     _log_cap_timer["set"] = True
     loop.call_later(LOG_CAP_INTERVAL, cap)
+
+
 #: The longest timeout a Process accepts, in seconds (a year: the column and every wait can hold it).
 MAX_TIMEOUT = 365 * 24 * 3600
 
@@ -150,8 +152,22 @@ def validate_launch_input(cmd: Any, pwd: str | os.PathLike | None, timeout: Any,
             raise ProcessInputError(f"env keys must be non-empty strings without '=', got {key!r}")
         if problem := _text_problem(key):
             raise ProcessInputError(f"env key {key!r} {problem}")
-        if isinstance(value, str) and (problem := _text_problem(value)):
-            raise ProcessInputError(f"the value of env {key} {problem}")  # (never the value)
+        for text in _env_texts(value):  # (a dict or list value too: the row stores it as JSON)
+            if problem := _text_problem(text):
+                raise ProcessInputError(f"the value of env {key} {problem}")  # (never the value)
+
+
+def _env_texts(value: Any) -> Iterable[str]:
+    """Every text inside an env value: itself, or the keys and strings of a dict/list at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _env_texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _env_texts(item)
 
 
 #: The exit code recorded when how a process ended can no longer be known (as for a SIGKILL).
@@ -494,7 +510,7 @@ class ProcessMixin(ProcessFilesMixin):
         self._end_leftovers()
         code, unknown = recorded_exit(exit_code)
         secrets = self.mask_values()
-        self._cap_logs()
+        self._cap_logs(secrets)
         stdout, stderr = self._read_logs(secrets)  # (masked, bounded)
         self.stdout = stdout if stdout is not None else mask_text(self.stdout or "", secrets)
         self.stderr = stderr if stderr is not None else mask_text(self.stderr or "", secrets)
@@ -647,7 +663,6 @@ class ProcessMixin(ProcessFilesMixin):
     def runner_attach(cls, loop) -> None:
         """In each worker: keep the logs of the processes it launched within the cap while they run."""
         _log_cap_timer["loop"] = loop
-
 
     def runner_wake_fd(self) -> int | None:
         """Our running child's pidfd (a dup): the worker that launched it ticks it the moment it exits."""

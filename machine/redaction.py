@@ -39,6 +39,7 @@ __all__ = [
     "mask_env",
     "mask_nested",
     "mask_text",
+    "secret_forms",
     "secret_values",
 ]
 
@@ -181,7 +182,7 @@ class _Found:
         self.add(password)
         if self.values is not None and user and not _is_masked(password):
             pair = f"{unquote(user)}:{unquote(password)}"
-            self.add(base64.b64encode(pair.encode()).decode())
+            self.add(base64.b64encode(pair.encode("utf-8", "surrogateescape")).decode())
 
 
 def _is_masked(value: str) -> bool:
@@ -317,8 +318,10 @@ def _apply_positions(text: str, lowered: str, gate: re.Pattern, found: _Found) -
 
 def _forms(secret: str) -> Iterable[str]:
     """The forms a printed secret commonly takes: as is, percent-encoded, JSON-escaped."""
+    # (A value from undecodable bytes, e.g. an inherited env var, holds lone surrogates: its bytes
+    # are what a child prints, so it is encoded back to them, never refused.)
     yield secret
-    yield quote(secret, safe="")
+    yield quote(secret.encode("utf-8", "surrogateescape"), safe="")
     yield json.dumps(secret)[1:-1]
 
 
@@ -332,6 +335,11 @@ def _usable(secrets: Iterable[str]) -> tuple[str, ...]:
         if len(form) >= MIN_SECRET_LENGTH and not _is_masked(form)
     }
     return tuple(sorted(found, key=lambda s: (-len(s), s)))
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Every form (as is, percent-encoded, JSON-escaped) of the secrets long enough to mask by value."""
+    return _usable(secrets)
 
 
 @functools.lru_cache(maxsize=256)
@@ -515,7 +523,7 @@ class Scrubber:
 
     def __init__(self, secrets: Iterable[str], *, positions: bool = True, max_line: int = 64 * 1024):
         usable = _usable(secrets)
-        encoded = sorted({s.encode() for s in usable}, key=lambda b: (-len(b), b))
+        encoded = sorted({s.encode("utf-8", "surrogateescape") for s in usable}, key=lambda b: (-len(b), b))
         self._pattern = re.compile(b"|".join(re.escape(s) for s in encoded)) if encoded else None
         self._hold = max((len(s) for s in encoded), default=1) - 1
         self._mask = MASK.encode()
