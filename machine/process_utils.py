@@ -978,8 +978,10 @@ def cap_log(
 ) -> int:
     """Keep a log within about max_bytes: its first and last max_bytes/2, and a line saying what was cut.
 
-    Safe while the child still appends (its fd is O_APPEND, so it writes at the new end): the tail
-    is moved down in bounded chunks, never read whole. Returns the bytes cut now (0: nothing to do).
+    Safe while the child still appends (its fd is O_APPEND, so it writes at the new end): where
+    the filesystem can (ext4, xfs), the middle is removed in one atomic step (_cut_by_collapse) and
+    no write is lost; elsewhere the tail is moved down in bounded chunks, never read whole. Returns
+    the bytes cut now (0: nothing to do).
     `secrets` (byte strings, or a callable giving them, asked only when something is cut): a secret
     the cut splits in two keeps no part of it (it is overwritten with '*'), since neither half can be
     recognised and masked afterwards.
@@ -1013,10 +1015,15 @@ def cap_log(
         if cut_now <= 256:  # (the moved tail must start past where it goes, and cutting crumbs is noise)
             return 0
         needles = [needle for needle in (secrets() if callable(secrets) else secrets) if needle]
+        collapsed = _cut_by_collapse(fd, size, max_bytes, needles)
+        if collapsed is not None:
+            return collapsed
         if needles:
             if not earlier:  # (the head is cut once: later cuts keep it as it is)
                 _blank_split_secrets(fd, keep, needles, kept_after=False)
             _blank_split_secrets(fd, size - keep, needles, kept_after=True)
+        # Without FALLOC_FL_COLLAPSE_RANGE (tmpfs, small caps): move the tail down and truncate. A
+        # write the child makes between the last size check and the truncate is lost with the cut.
         line = _CUT_LINE % (cut_before + cut_now, keep)
         os.pwrite(fd, line, keep)
         src, dest = size - keep, keep + len(line)
@@ -1036,6 +1043,64 @@ def cap_log(
         return 0
     finally:
         os.close(fd)
+
+
+_FALLOC_FL_COLLAPSE_RANGE = 0x08
+_fallocate: list = []
+
+
+def _collapse_range(fd: int, offset: int, length: int) -> bool:
+    """fallocate(FALLOC_FL_COLLAPSE_RANGE): remove [offset, offset+length) in place; False if unsupported."""
+    if not _fallocate:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            function = libc.fallocate
+            function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+            function.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            function = None
+        _fallocate.append(function)
+    function = _fallocate[0]
+    return function is not None and function(fd, _FALLOC_FL_COLLAPSE_RANGE, offset, length) == 0
+
+
+def _cut_by_collapse(fd: int, size: int, max_bytes: int, needles: list[bytes]) -> int | None:
+    """cap_log's cut as one atomic step, where the filesystem can (ext4, xfs); None where it cannot.
+
+    The kernel removes the middle under the inode lock that the child's appends take too, so no
+    write is lost. Its offsets must be whole blocks: the head is the largest whole-block part of
+    max_bytes/2, one block after it holds the cut line (padded), and the tail starts at a block.
+    """
+    block = os.fstat(fd).st_blksize or 4096
+    head = (max_bytes // 2) // block * block
+    if head < block:
+        return None
+    notice_end = head + block
+    tail_start = (size - head) // block * block
+    if tail_start - notice_end < block:
+        return 0
+    earlier = _CUT_RE.match(os.pread(fd, block, head))
+    cut_before = int(earlier.group(1)) if earlier else 0
+    cut_now = tail_start - notice_end + (0 if earlier else block)
+    if needles:
+        if not earlier:
+            _blank_split_secrets(fd, head, needles, kept_after=False)
+        _blank_split_secrets(fd, tail_start, needles, kept_after=True)
+    text = _CUT_LINE % (cut_before + cut_now, head)
+    line = text[:-2] + b" " * (block - len(text)) + b"]\n"  # (one block; _CUT_RE still matches)
+    if len(line) != block:
+        return None
+    if earlier is None:  # (once collapsed, the block at `head` is the notice: a failed try keeps data)
+        original = os.pread(fd, block, head)
+        os.pwrite(fd, line, head)
+        if not _collapse_range(fd, notice_end, tail_start - notice_end):
+            os.pwrite(fd, original, head)
+            return None
+        return cut_now
+    if not _collapse_range(fd, notice_end, tail_start - notice_end):
+        return None
+    os.pwrite(fd, line, head)
+    return cut_now
 
 
 def open_log(path: StrPath):

@@ -112,11 +112,10 @@ def test_two_cap_log_calls_at_once_keep_the_tail(tmp_path):
 def test_cap_log_loses_no_write_of_a_busy_child(tmp_path):
     """A child appending (O_APPEND) while its log is cut: every write it makes after the cut is kept.
 
-    Not fixed: cap_log moves the tail down and then ftruncate()s at the end of what it moved; a
-    write the child makes between cap_log's last size check and the truncate is cut off with the
-    rest (about half of 200 cuts lose one 450-byte write here). Truncation cannot be made
-    conditional; fallocate(FALLOC_FL_COLLAPSE_RANGE) (ext4/xfs, block-aligned) removes the middle
-    atomically under the inode lock that appends take too.
+    Before: cap_log moved the tail down and then ftruncate()d at the end of what it moved; a write
+    the child made between cap_log's last size check and the truncate was cut off with the rest
+    (about half of 200 cuts lost one 450-byte write). Now the cut is one
+    fallocate(FALLOC_FL_COLLAPSE_RANGE), taken under the inode lock the appends take too.
     """
     import re
     import subprocess
