@@ -125,10 +125,11 @@ class Limit:
 OPTION_LIMITS: dict[str, Limit] = {
     "workers": Limit(int, 1, setting="MAX_WORKERS"),
     "batch": Limit(int, 1, 1000),
-    "poll": Limit(float, 0, 3600),
+    # (A floor for the loop's own intervals: 1e-9 s would make a worker spin on the database.)
+    "poll": Limit(float, 0.005, 3600),
     "lock_seconds": Limit(float, 0, 86400),
     "grace": Limit(float, 0, 86400),
-    "heartbeat": Limit(float, 0, 3600),
+    "heartbeat": Limit(float, 0.005, 3600),
 }
 
 
