@@ -347,8 +347,9 @@ def on_runner_sweep(sender, orchestrator, worker_pids, **kwargs) -> None:
     workers = {*worker_pids, *(child.pid for child in getattr(orchestrator, "children", []))}
     try:
         record_adopted_exits(workers)
-    except DatabaseError:  # the zombies are reaped below all the same; their rows close as unknown
-        logger.warning("could not record the exits of adopted launches", exc_info=True)
+    except Exception:  # (e.g. the database is busy or gone) keep the zombies: the next sweep tries again
+        logger.warning("could not record the exits of adopted launches yet", exc_info=True)
+        return
     # SIGKILL at once: this runs in the orchestrator's loop, which must not wait on a daemon's grace.
     process_utils.end_orphans(since, keep=workers, should_end=_tree_over_rule())
 

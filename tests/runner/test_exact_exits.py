@@ -56,11 +56,14 @@ def test_a_killed_workers_launches_keep_their_true_exit_codes(start_runner, tmp_
         child for child in psutil.Process(runner.pid).children() if "--worker" in " ".join(child.cmdline())
     )
     worker.kill()
-    wait_for(
-        lambda: all(r.status == "exited" for r in Process.objects.filter(pk__in=[r.pk for r in rows])),
-        30,
-        "the rows to close",
-    )
+    try:
+        wait_for(
+            lambda: all(r.status == "exited" for r in Process.objects.filter(pk__in=[r.pk for r in rows])),
+            60,
+            "the rows to close",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{runner.output()[-6000:]}") from None
     for row in rows:
         row.refresh_from_db()
         assert (row.exit_code, row.stderr) == (7, ""), row.stderr
