@@ -704,6 +704,15 @@ def adopted_zombies(keep: Collection[int] = ()) -> dict[int, float]:
     return found
 
 
+def forget_finished_children() -> int:
+    """Drop the registry entries of children that have ended (their statuses were read); return how many."""
+    with _children_lock:
+        finished = [marker for marker, child in _children.items() if _poll_child(child) is not None]
+        for marker in finished:
+            del _children[marker]
+    return len(finished)
+
+
 def launched_pids() -> set[int]:
     """Pids of the children launched by this process that the registry still remembers."""
     with _children_lock:

@@ -20,11 +20,15 @@ for _name in list(os.environ):
 def _reset_machine_caches():
     """Every test starts with empty module-level caches, as a fresh process would."""
     import machine.models as mm
+    from machine import process_utils
 
     mm._CURRENT_MACHINE = None
     mm._CURRENT_INTERFACE = None
     mm._CURRENT_BINARIES = {}
     mm._CURRENT_PROCESS = None
+    # Children an earlier test launched and that have ended: a pid the kernel hands out again (the
+    # PID-reuse tests force that) would otherwise match one of them here, as a fresh process's never do.
+    process_utils.forget_finished_children()
     yield
     mm._CURRENT_MACHINE = None
     mm._CURRENT_INTERFACE = None
