@@ -823,11 +823,13 @@ class ProcessAdmin(ListedLookupsOnly, StateMachineAdminMixin, admin.ModelAdmin):
 
     # -- the full log ------------------------------------------------------------------------------
 
-    def _viewable(self, request, object_id):
+    def _viewable(self, request, object_id, *, change: bool = False):
+        """The process of a custom view, or 404; PermissionDenied without view (or `change`) permission."""
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             raise Http404("No such process.")
-        if not self.has_view_or_change_permission(request, obj):
+        allowed = self.has_change_permission if change else self.has_view_or_change_permission
+        if not allowed(request, obj):
             raise PermissionDenied
         return obj
 
@@ -953,11 +955,7 @@ class ProcessAdmin(ListedLookupsOnly, StateMachineAdminMixin, admin.ModelAdmin):
 
     def terminate_view(self, request, object_id):
         """The detail page's "Terminate" button: confirmation on GET, terminate on a confirmed POST."""
-        obj = self.get_object(request, unquote(object_id))
-        if obj is None:
-            raise Http404("No such process.")
-        if not self.has_change_permission(request, obj):
-            raise PermissionDenied
+        obj = self._viewable(request, object_id, change=True)
         if request.method == "POST" and request.POST.get("post") == "yes":
             self._terminate(request, [obj])
             return HttpResponseRedirect(reverse("admin:machine_process_change", args=[obj.pk]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -21,6 +20,7 @@ from machine.redaction import (
     GATE_WORDS,
     MASK,
     Scrubber,
+    env_value_text,
     is_secret_key,
     mask_cmd,
     mask_env,
@@ -32,17 +32,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # (what undecodable bytes become in 
 
 #: Script types a hook can be (the suffix of its file name).
 HOOK_SCRIPT_SUFFIXES = (".py", ".js", ".sh")
-
-
-def _env_text(value) -> str:
-    """An env value as the child gets it (the launch's rule), for cmd.sh."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, default=str)
 
 
 def _masked_chunks(handle, scrubber: Scrubber, chunk_size: int) -> Iterator[bytes]:
@@ -204,7 +193,7 @@ class ProcessFilesMixin:
             if is_secret_key(key) and value != "":
                 lines.append(f'export {key}="${{{key}:?set {key}: its value is not stored}}"')
             else:
-                lines.append(f"export {key}={shlex.quote(_env_text(shown[key]))}")
+                lines.append(f"export {key}={shlex.quote(env_value_text(shown[key]))}")
         argv = mask_cmd(self.cmd, secrets)
         if argv != [str(arg) for arg in self.cmd]:
             lines.append(f"# secrets in this command are masked ({MASK}): complete them before running it")

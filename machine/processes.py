@@ -7,7 +7,6 @@ tree walk, tail). Nothing here imports `machine.models`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_boot_id, get_pid_namespace
 from machine.process_files import ProcessFilesMixin, storable_str
-from machine.redaction import mask_cmd, mask_env, mask_text
+from machine.redaction import env_value_text, mask_cmd, mask_env, mask_text
 
 #: How many rows one UPDATE closes in cleanup_stale_running() (well under SQLite's variable limit).
 CLEANUP_BATCH_SIZE = 500
@@ -482,17 +481,7 @@ class ProcessMixin(ProcessFilesMixin):
         if env_overlay is None:
             env_overlay = sealing.unseal_for_launch(self)[1]
         env = dict(os.environ)
-        for key, value in env_overlay.items():
-            if value is None:
-                continue
-            if isinstance(value, str):
-                env[key] = value
-            elif isinstance(value, bool):
-                env[key] = "True" if value else "False"
-            elif isinstance(value, (int, float)):
-                env[key] = str(value)
-            else:
-                env[key] = json.dumps(value, default=str)
+        env.update((key, env_value_text(value)) for key, value in env_overlay.items() if value is not None)
         return env
 
     def mask_values(self) -> list[str]:

@@ -446,10 +446,8 @@ def mask_nested(value: Any, secrets: Sequence[str] = ()) -> tuple[Any, bool]:
     return masked, masked != value
 
 
-def _env_string(value: Any) -> str | None:
-    """The string a child sees for an env value (see the launch's env rule); None when unset."""
-    if value is None:
-        return None
+def env_value_text(value: Any) -> str:
+    """The launch's one rule for an env value: the string the child sees (None is never passed)."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -464,7 +462,7 @@ def _collect_env(env: Mapping[str, Any] | None, found: _Found) -> None:
         if value is None or value == "":
             continue
         if is_secret_key(key):
-            found.add(_env_string(value))
+            found.add(env_value_text(value))
             _collect_leaves(value, found, secret=True)
         else:
             _collect_leaves(value, found, secret=False)

@@ -25,7 +25,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 

@@ -22,6 +22,17 @@ needs_pid_control = pytest.mark.skipif(
 )
 
 
+def run_manage(*args: str, env: dict, timeout: float = 60, text: bool = True) -> subprocess.CompletedProcess:
+    """`python manage.py <args>` as a child process against the test database (`env`: subprocess_env)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     path = tmp_path / "work"

@@ -11,9 +11,7 @@ import time
 
 import psutil
 import pytest
-from django.contrib.auth.models import User
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from machine import process_utils as pu
@@ -23,20 +21,11 @@ from machine.models import Machine, Process
 from machine.processes import MAX_TIMEOUT, ProcessInputError
 from machine.redaction import _GATE, GATE_WORDS
 
-from .conftest import ROOT
+from .conftest import run_manage
 
 pytestmark = pytest.mark.django_db
 
 MB = 1024 * 1024
-
-
-def _manage(*args, env, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env,
-        capture_output=True,
-        timeout=timeout,
-    )
 
 
 def _max_child_rss_mb() -> float:
@@ -227,7 +216,7 @@ def test_a_failure_after_the_spawn_kills_the_child_and_closes_the_row(make_proce
 def test_run_yes_with_a_timeout_ends_bounded(subprocess_env):
     """`run --timeout 2 -- yes`: before, 52 s, a 14.8 GB log and 13.8 GB RSS, then MemoryError."""
     started = time.monotonic()
-    done = _manage("run", "--timeout", "2", "--", "yes", env=subprocess_env, timeout=60)
+    done = run_manage("run", "--timeout", "2", "--", "yes", env=subprocess_env, timeout=60, text=False)
     took = time.monotonic() - started
     assert done.returncode == 137, done.stderr[-2000:]
     assert took < 30, f"run took {took:.1f}s"
@@ -240,55 +229,41 @@ def test_run_yes_with_a_timeout_ends_bounded(subprocess_env):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_run_refuses_a_non_utf8_argument_and_the_admin_still_answers(subprocess_env):
-    argv = [
-        sys.executable,
-        str(ROOT / "manage.py"),
-        "run",
-        "--",
-        "echo",
-        b"caf\xe9".decode(errors="surrogateescape"),
-    ]
-    done = subprocess.run(argv, env=subprocess_env, capture_output=True, timeout=60)
+def test_run_refuses_a_non_utf8_argument_and_the_admin_still_answers(subprocess_env, admin_client):
+    undecodable = b"caf\xe9".decode(errors="surrogateescape")
+    done = run_manage("run", "--", "echo", undecodable, env=subprocess_env, text=False)
     assert done.returncode == 1
     assert b"cmd[1] is not valid UTF-8" in done.stderr and b"Traceback" not in done.stderr
     assert not Process.objects.filter(process_type=ProcessType.BINARY).exists()
     cli = Process.objects.get(process_type=ProcessType.CLI)
     assert cli.cmd[-1] == "caf\\xe9"  # the run's own row: the byte shown, not a broken string
-    client = Client()
-    client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
-    assert client.get("/admin/machine/process/").status_code == 200
-    assert client.get(f"/admin/machine/process/{cli.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/machine/process/").status_code == 200
+    assert admin_client.get(f"/admin/machine/process/{cli.pk}/change/").status_code == 200
 
 
 @pytest.mark.django_db(transaction=True)
 def test_run_refuses_an_out_of_range_timeout_before_spawning(subprocess_env, tmp_path):
     flag = tmp_path / "ran"
-    done = _manage("run", "--timeout", "3000000000", "--", "touch", str(flag), env=subprocess_env)
+    done = run_manage(
+        "run", "--timeout", "3000000000", "--", "touch", str(flag), env=subprocess_env, text=False
+    )
     assert done.returncode == 1 and b"timeout must be a number of seconds" in done.stderr
     assert b"Traceback" not in done.stderr
     assert not flag.exists()
     assert not Process.objects.filter(process_type=ProcessType.BINARY).exists()
 
 
-def test_changelist_does_not_load_output(admin_client_for_output, db):
+def test_changelist_does_not_load_output(admin_client):
     row = Process.objects.create(
         machine=Machine.current(), cmd=["big"], pwd="/", status="exited", exit_code=0, stdout="x" * (20 * MB)
     )
     with CaptureQueriesContext(connection) as queries:
-        response = admin_client_for_output.get("/admin/machine/process/")
+        response = admin_client.get("/admin/machine/process/")
     assert response.status_code == 200
     selects = [q["sql"] for q in queries.captured_queries if '"machine_process"."stdout"' in q["sql"]]
     assert selects == []
-    page = admin_client_for_output.get(f"/admin/machine/process/{row.pk}/change/")
+    page = admin_client.get(f"/admin/machine/process/{row.pk}/change/")
     assert page.status_code == 200 and len(page.content) < 1 * MB
-
-
-@pytest.fixture
-def admin_client_for_output(db):
-    client = Client()
-    client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
-    return client
 
 
 def test_records_past_the_stored_tail_are_read_from_the_log(make_process, settings):

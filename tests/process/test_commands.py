@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -13,24 +11,14 @@ from django.core.management import CommandError, call_command
 from machine.choices import ProcessStatus
 from machine.models import Process
 
-from .conftest import ROOT, wait_gone
+from .conftest import run_manage, wait_gone
 
 pytestmark = pytest.mark.django_db
 
 
-def _manage(*args, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.django_db(transaction=True)
 def test_run_streams_output_and_exits_with_the_code(subprocess_env):
-    done = _manage("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=subprocess_env)
+    done = run_manage("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=subprocess_env)
     assert done.returncode == 3
     assert done.stdout.splitlines()[0] == "out"
     assert "err" in done.stderr and "exited with code 3" in done.stderr
@@ -41,8 +29,8 @@ def test_run_streams_output_and_exits_with_the_code(subprocess_env):
 
 @pytest.mark.django_db(transaction=True)
 def test_run_timeout_and_missing_program(subprocess_env):
-    assert _manage("run", "--timeout", "1", "--", "sleep", "30", env=subprocess_env).returncode == 137
-    missing = _manage("run", "--", "/no/such/program", env=subprocess_env)
+    assert run_manage("run", "--timeout", "1", "--", "sleep", "30", env=subprocess_env).returncode == 137
+    missing = run_manage("run", "--", "/no/such/program", env=subprocess_env)
     assert missing.returncode == 127 and "No such file" in missing.stderr
 
 
@@ -122,7 +110,7 @@ def test_cleanup_prints_how_many_rows_it_closed(make_process):
 def test_run_keeps_its_files_out_of_the_working_directory(subprocess_env, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    done = _manage("run", "--cwd", str(cwd), "--", "pwd", env=subprocess_env)
+    done = run_manage("run", "--cwd", str(cwd), "--", "pwd", env=subprocess_env)
     assert done.returncode == 0 and done.stdout.strip() == str(cwd)
     assert list(cwd.iterdir()) == []
     row = Process.objects.get(cmd=["pwd"])

@@ -18,7 +18,7 @@ from machine import process_utils
 from machine.choices import ProcessStatus
 from machine.models import Machine, Process
 
-from .conftest import ROOT
+from .conftest import ROOT, run_manage
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -29,16 +29,6 @@ pytestmark = [
 ]
 
 SETSID, ENV, SH, SLEEP = (shutil.which(name) for name in ("setsid", "env", "sh", "sleep"))
-
-
-def _manage(*args, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _daemon(pidfile: Path, *, clean_env: bool = False, double_fork: bool = False) -> str:
@@ -89,7 +79,7 @@ def pidfile(tmp_path) -> Path:
 
 def test_run_setsid_daemon_ends_with_the_tree(subprocess_env, pidfile):
     since = process_utils.start_clock_now()
-    done = _manage("run", "--", "sh", "-c", _daemon(pidfile), env=subprocess_env)
+    done = run_manage("run", "--", "sh", "-c", _daemon(pidfile), env=subprocess_env)
     survivor = _survivor(pidfile, since)
     try:
         assert done.returncode == 0, done.stderr
@@ -102,7 +92,7 @@ def test_run_setsid_daemon_ends_with_the_tree(subprocess_env, pidfile):
 def test_run_env_i_daemon_ends_with_the_tree(subprocess_env, pidfile, timeout):
     script = _daemon(pidfile, clean_env=True, double_fork=True) + ("\nsleep 30" if timeout else "")
     since = process_utils.start_clock_now()
-    done = _manage("run", "--timeout", str(timeout), "--", "sh", "-c", script, env=subprocess_env)
+    done = run_manage("run", "--timeout", str(timeout), "--", "sh", "-c", script, env=subprocess_env)
     survivor = _survivor(pidfile, since)
     try:
         assert done.returncode == (137 if timeout else 0), done.stderr
@@ -148,7 +138,7 @@ def test_leftovers_are_left_alone_while_the_main_process_runs(make_process, pidf
 
 def test_runs_leave_no_running_cli_rows(subprocess_env):
     for _ in range(5):
-        assert _manage("run", "--", "true", env=subprocess_env).returncode == 0
+        assert run_manage("run", "--", "true", env=subprocess_env).returncode == 0
     rows = _cli_rows("true")
     assert len(rows) == 5
     assert {(row.status, row.exit_code) for row in rows} == {(ProcessStatus.EXITED, 0)}
@@ -156,7 +146,7 @@ def test_runs_leave_no_running_cli_rows(subprocess_env):
 
 
 def test_cli_row_closes_with_the_exit_code_of_run(subprocess_env):
-    done = _manage("run", "--", "sh", "-c", "exit 3", env=subprocess_env)
+    done = run_manage("run", "--", "sh", "-c", "exit 3", env=subprocess_env)
     assert done.returncode == 3
     (cli,) = _cli_rows("exit 3")
     assert (cli.status, cli.exit_code) == (ProcessStatus.EXITED, 3)
