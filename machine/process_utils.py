@@ -11,8 +11,13 @@ gets the *same* start-time tick, so a start time alone cannot tell the old proce
   whole life of the process and of every descendant, even after they double-fork and ``setsid()``;
 * a pidfd for the children launched here: it refers to one process, never to a recycled pid.
 
+The identity travels as one frozen value, `ProcessIdentity` (pid, start time, cmd, marker,
+tolerance); the functions that prove, signal, walk, wait on or reap a process take it whole (the
+older loose arguments are still accepted, for callers outside this package).
+
 Signals go through a pidfd opened *before* the identity check: a pinned pid cannot be recycled,
-so the check and the signal see the same process.
+so the check and the signal see the same process. Our children are reaped through their pidfds too
+(`waitid(P_PIDFD)`), never by pid, and Popen is handed the status so it never waits on the pid.
 
 Leftovers. When a launch's main process has ended, what still carries its marker is killed
 (``end_leftovers``): a ``setsid`` daemon does not outlive the tree it was started by. A process that
@@ -28,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -41,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -72,11 +78,72 @@ _TAIL_BLOCK = 64 * 1024
 _TAIL_MAX_BYTES = 16 * 1024 * 1024  # never scan further back than this, however long the lines
 _MAX_FINISHED_CHILDREN = 256
 _HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+#: waitid(P_PIDFD) (Linux 5.4): a launch is reaped through its pidfd, never by a pid that may be reused.
+_HAVE_PIDFD_WAIT = _HAVE_PIDFD and hasattr(os, "P_PIDFD") and hasattr(os, "waitid")
 _MARKER_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 # `python3 -u run.py`, `/bin/sh run.sh`, `node hook.js`: the script, not the interpreter, names it.
 _INTERPRETER_RE = re.compile(
     r"^(python[\d.]*|pypy[\d.]*|(ba|da|z|k)?sh|node(js)?|deno|bun|perl|ruby|php[\d.]*)$"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """Who a process is: pid, start time (on get_start_time()'s clock), command, launch marker, and
+    how far the start time may be off. Passed whole, so no caller can swap two of them."""
+
+    pid: int | None
+    start_time: StartTime
+    cmd: tuple[str, ...] | None = None
+    marker: Marker = None
+    tolerance: float = START_TIME_TOLERANCE
+
+    @classmethod
+    def of(
+        cls,
+        pid: int | None,
+        start_time: StartTime,
+        cmd: Cmd = None,
+        marker: Marker = None,
+        tolerance: float = START_TIME_TOLERANCE,
+    ) -> ProcessIdentity:
+        """Build one from stored values: an empty cmd or marker means none."""
+        return cls(pid, start_time, tuple(str(arg) for arg in cmd) if cmd else None, marker or None, tolerance)  # fmt: skip
+
+    @property
+    def known(self) -> bool:
+        """Whether there is anything to prove (a pid and a start time)."""
+        return self.pid is not None and self.start_time is not None
+
+
+def _loose(legacy: Callable[..., tuple[ProcessIdentity, dict]]):
+    """Let a function taking a ProcessIdentity also be called the older way, with loose values.
+
+    `legacy` has the old signature and returns (identity, the function's other keyword arguments).
+    Code in this package passes a ProcessIdentity; the loose form is kept for callers of the seam.
+    """
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(first, *args, **kwargs):
+            if isinstance(first, ProcessIdentity):
+                return function(first, *args, **kwargs)
+            identity, rest = legacy(first, *args, **kwargs)
+            return function(identity, **rest)
+
+        return wrapper
+
+    return decorate
+
+
+def _ident_only(pid, start_time, cmd=None, tolerance=START_TIME_TOLERANCE, *, marker=None):
+    # (pid, start_time, cmd, tolerance, *, marker): proven_process, is_alive
+    return ProcessIdentity.of(pid, start_time, cmd, marker, tolerance), {}
+
+
+def _ident_by_keyword(pid, start_time, *, marker=None, tolerance=START_TIME_TOLERANCE, **rest):
+    # (pid, start_time, *, marker, tolerance, ...): exit_fd, known_exit_code, reap
+    return ProcessIdentity.of(pid, start_time, None, marker, tolerance), rest
 
 
 @dataclass
@@ -91,6 +158,10 @@ class Spawned:
     exit_code: int | None = None  #: set when cmd could not be executed, or by run_foreground
     timed_out: bool = False
     error: str = ""
+
+    def identity(self, cmd: Cmd = None) -> ProcessIdentity:
+        """The identity of this launch (its start time read from the OS: exact)."""
+        return ProcessIdentity.of(self.pid, self.start_time, cmd, self.marker, EXACT_START_TOLERANCE)
 
 
 @dataclass
@@ -130,24 +201,57 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _lookup_child(pid: int, start_time: StartTime, marker: Marker, tolerance: float) -> _Child | None:
+def _reap_by_pidfd(child: _Child) -> int | None:
+    """Reap our child through its pidfd (waitid P_PIDFD): its exit code, or None while it runs.
+
+    The pidfd pins one process, so a recycled pid can never answer for it. Popen is handed the
+    status (its returncode): neither it nor its finalizer (subprocess._active) waits on the pid again.
+    """
+    popen = child.popen
+    lock = getattr(popen, "_waitpid_lock", None)
+    if lock is not None and not lock.acquire(blocking=False):
+        return None  # (Popen itself is waiting on it right now: the next poll reads its status)
+    try:
+        if popen.returncode is None:
+            info = os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED | os.WNOHANG)
+            if info is None:  # (WNOHANG, and nothing has changed)
+                return None
+            # CLD_EXITED: si_status is the exit status; CLD_KILLED/CLD_DUMPED: the signal (-N for Popen).
+            popen.returncode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return _exit_code(popen.returncode)
+    except OSError:  # ECHILD (reaped behind our back), EINVAL (a kernel before 5.4): Popen's view
+        pass
+    finally:
+        if lock is not None:
+            lock.release()
+    return None if popen.poll() is None else _exit_code(popen.returncode)
+
+
+def _lookup_child(identity: ProcessIdentity) -> _Child | None:
+    pid, start_time, marker = identity.pid, identity.start_time, identity.marker
     with _children_lock:
         # Without a marker, the newest launch with this pid and start time is the best answer.
         candidates = [_children.get(marker)] if marker is not None else reversed(_children.values())
         for child in candidates:
             if child and child.pid == pid and start_time is not None:
-                if abs(child.start_time - start_time) <= max(tolerance, EXACT_START_TOLERANCE):
+                if abs(child.start_time - start_time) <= max(identity.tolerance, EXACT_START_TOLERANCE):
                     return child
     return None
 
 
 def _poll_child(child: _Child) -> int | None:
     with _children_lock:
-        if child.exit_code is None and (returncode := child.popen.poll()) is not None:
-            child.exit_code = _exit_code(returncode)  # poll() reaped the zombie and kept its status
-            if child.pidfd is not None:
-                os.close(child.pidfd)
-                child.pidfd = None
+        if child.exit_code is None:
+            if child.pidfd is not None and _HAVE_PIDFD_WAIT:
+                code = _reap_by_pidfd(child)
+            else:  # no pidfd: Popen's waitpid() by pid (the pid is ours until it is reaped)
+                returncode = child.popen.poll()
+                code = None if returncode is None else _exit_code(returncode)
+            if code is not None:
+                child.exit_code = code
+                if child.pidfd is not None:
+                    os.close(child.pidfd)
+                    child.pidfd = None
         return child.exit_code
 
 
@@ -247,23 +351,20 @@ def cmdline_matches(cmdline: Sequence[str], cmd: Cmd) -> bool:
     return False
 
 
-def proven_process(
-    pid: int,
-    start_time: StartTime,
-    cmd: Cmd = None,
-    tolerance: float = START_TIME_TOLERANCE,
-    *,
-    marker: Marker = None,
-) -> psutil.Process | None:
+@_loose(_ident_only)
+def proven_process(identity: ProcessIdentity) -> psutil.Process | None:
     """Return the live (non-zombie) psutil.Process only if pid, start time, cmd and marker match.
 
     With a marker, a readable environ must carry it (a recycled pid does not, even on the same start
     tick with the same command); once seen it settles identity, so the start time then only has to be
     within START_TIME_TOLERANCE (a wall-clock step moves every create_time).
     """
+    pid, start_time, cmd, marker, tolerance = (
+        identity.pid, identity.start_time, identity.cmd, identity.marker, identity.tolerance,
+    )  # fmt: skip
     if not isinstance(pid, int) or pid <= 0 or start_time is None:
         return None
-    child = _lookup_child(pid, start_time, marker, tolerance)
+    child = _lookup_child(identity)
     if child is not None:
         if _poll_child(child) is not None:
             return None  # our child has exited: whatever holds the pid now is someone else
@@ -300,16 +401,10 @@ def proven_process(
     return proc
 
 
-def is_alive(
-    pid: int,
-    start_time: StartTime,
-    cmd: Cmd = None,
-    tolerance: float = START_TIME_TOLERANCE,
-    *,
-    marker: Marker = None,
-) -> bool:
+@_loose(_ident_only)
+def is_alive(identity: ProcessIdentity) -> bool:
     """Tell whether the proven process is running (zombies and recycled pids are not)."""
-    return proven_process(pid, start_time, cmd, tolerance, marker=marker) is not None
+    return proven_process(identity) is not None
 
 
 def children_pids(pid: int, recursive: bool = False) -> list[int]:
@@ -346,20 +441,14 @@ def _signal_pinned(
             os.close(pidfd)
 
 
-def send_signal(
-    pid: int,
-    start_time: StartTime,
-    cmd: Cmd,
-    sig: int,
-    tolerance: float = START_TIME_TOLERANCE,
-    *,
-    marker: Marker = None,
-) -> bool:
-    """Send sig to pid only if its identity is proven; return whether it was sent."""
-    child = _lookup_child(pid, start_time, marker, tolerance)
-    return _signal_pinned(
-        pid, child, sig, lambda: proven_process(pid, start_time, cmd, tolerance, marker=marker)
-    )
+def _loose_signal(pid, start_time, cmd, sig, tolerance=START_TIME_TOLERANCE, *, marker=None):
+    return ProcessIdentity.of(pid, start_time, cmd, marker, tolerance), {"sig": sig}
+
+
+@_loose(_loose_signal)
+def send_signal(identity: ProcessIdentity, sig: int) -> bool:
+    """Send sig to the process only if its identity is proven; return whether it was sent."""
+    return _signal_pinned(identity.pid, _lookup_child(identity), sig, lambda: proven_process(identity))
 
 
 def _scan_marker(marker: str, min_pid: int = 0) -> Iterator[psutil.Process]:
@@ -378,18 +467,18 @@ def _scan_marker(marker: str, min_pid: int = 0) -> Iterator[psutil.Process]:
                 continue
 
 
-def find_descendants(
-    pid: int,
-    start_time: StartTime,
-    marker: Marker = None,
-    *,
-    tolerance: float = START_TIME_TOLERANCE,
-    min_pid: int = 0,
-) -> list[psutil.Process]:
+def _loose_descendants(pid, start_time, marker=None, *, tolerance=START_TIME_TOLERANCE, min_pid=0):
+    return ProcessIdentity.of(pid, start_time, None, marker, tolerance), {"min_pid": min_pid}
+
+
+@_loose(_loose_descendants)
+def find_descendants(identity: ProcessIdentity, *, min_pid: int = 0) -> list[psutil.Process]:
     """Return the live descendants: children of the proven root plus every process carrying the marker."""
-    # (`min_pid` skips lower pids in the marker scan: for a caller that knows none can be one.)
+    # (`min_pid` skips lower pids in the marker scan: for a caller that knows none can be one. The
+    # root is proven without its command: a descendant search is about the tree, not the program.)
     found: dict[int, psutil.Process] = {}
-    root = proven_process(pid, start_time, None, tolerance, marker=marker)
+    marker = identity.marker
+    root = proven_process(replace(identity, cmd=None))
     if root is not None:
         try:
             found.update((p.pid, p) for p in root.children(recursive=True))
@@ -417,27 +506,26 @@ def _wait_gone(procs: list[psutil.Process], child: _Child | None, deadline: floa
         delay = min(delay * 2, 0.05)
 
 
-def kill_tree(
-    pid: int,
-    start_time: StartTime,
-    cmd: Cmd = None,
-    marker: Marker = None,
-    graceful_timeout: float = 2.0,
-    *,
-    tolerance: float = START_TIME_TOLERANCE,
-    min_pid: int = 0,
-) -> int:
+def _loose_kill_tree(
+    pid, start_time, cmd=None, marker=None, graceful_timeout=2.0, *, tolerance=START_TIME_TOLERANCE, min_pid=0
+):
+    identity = ProcessIdentity.of(pid, start_time, cmd, marker, tolerance)
+    return identity, {"graceful_timeout": graceful_timeout, "min_pid": min_pid}
+
+
+@_loose(_loose_kill_tree)
+def kill_tree(identity: ProcessIdentity, graceful_timeout: float = 2.0, *, min_pid: int = 0) -> int:
     """SIGTERM the proven root and all descendants at once, SIGKILL survivors; return how many died."""
-    root = proven_process(pid, start_time, cmd, tolerance, marker=marker)
-    child = _lookup_child(pid, start_time, marker, tolerance)
-    if root is None and marker is None:
+    root = proven_process(identity)
+    child = _lookup_child(identity)
+    if root is None and identity.marker is None:
         return 0  # nothing proven, and no marker to find escaped descendants by
     known: dict[int, psutil.Process] = {root.pid: root} if root is not None else {}
     signalled: dict[int, psutil.Process] = {}
     sig, wait_s = (signal.SIGTERM, graceful_timeout) if graceful_timeout > 0 else (signal.SIGKILL, _KILL_WAIT)
     # Several rounds: what forks while we signal carries the marker and turns up in the rescan.
     for _ in range(4):
-        found = find_descendants(pid, start_time, marker, tolerance=tolerance, min_pid=min_pid)
+        found = find_descendants(identity, min_pid=min_pid)
         known.update((p.pid, p) for p in found)
         targets = [p for p in known.values() if _is_alive_proc(p)]
         if not targets:
@@ -463,10 +551,8 @@ def end_leftovers(marker: Marker, *, grace: float = LEFTOVER_GRACE) -> int:
         child = _children.get(marker)
     if child is None or _poll_child(child) is None:
         return 0
-    return kill_tree(
-        child.pid, child.start_time, None, marker, graceful_timeout=grace,
-        tolerance=EXACT_START_TOLERANCE, min_pid=_first_pid_since(child),
-    )  # fmt: skip
+    identity = ProcessIdentity(child.pid, child.start_time, None, marker, EXACT_START_TOLERANCE)
+    return kill_tree(identity, graceful_timeout=grace, min_pid=_first_pid_since(child))
 
 
 def _pid_counters() -> tuple[int, int] | None:
@@ -719,55 +805,68 @@ def launched_pids() -> set[int]:
         return {child.pid for child in _children.values()}
 
 
-def exit_fd(
-    pid: int | None, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
-) -> int | None:
+@_loose(_ident_by_keyword)
+def exit_fd(identity: ProcessIdentity) -> int | None:
     """A new fd (the caller closes it) readable once our running child exits; None if not ours."""
-    if pid is None:
+    if identity.pid is None:
         return None
-    child = _lookup_child(pid, start_time, marker, tolerance)
+    child = _lookup_child(identity)
     with _children_lock:
         if child is None or child.pidfd is None or child.exit_code is not None:
             return None
         return os.dup(child.pidfd)
 
 
-def known_exit_code(
-    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
-) -> int | None:
+@_loose(_ident_by_keyword)
+def known_exit_code(identity: ProcessIdentity) -> int | None:
     """Exit code of a child spawned here that has ended (reaping it if needed); no /proc access."""
-    child = _lookup_child(pid, start_time, marker, tolerance)
+    child = _lookup_child(identity)
     return _poll_child(child) if child is not None else None
 
 
-def reap(
-    pid: int, start_time: StartTime, *, marker: Marker = None, tolerance: float = START_TIME_TOLERANCE
-) -> int | None:
+@_loose(_ident_by_keyword)
+def reap(identity: ProcessIdentity) -> int | None:
     """Return the true exit code of our exited child (reaping it); None if still running or not ours."""
-    child = _lookup_child(pid, start_time, marker, tolerance)
+    child = _lookup_child(identity)
     if child is not None:
         return _poll_child(child)
     # Not launched through spawn() in this process: reap it only if it is our own proven zombie child.
+    pid, start_time = identity.pid, identity.start_time
+    if not _signallable(pid) or start_time is None:
+        return None
+    try:
+        pidfd = _pin(pid) if _HAVE_PIDFD_WAIT else None  # pinned before it is proven
+    except ProcessLookupError:
+        return None
     try:
         proc = psutil.Process(pid)
         if proc.ppid() != os.getpid() or proc.status() != psutil.STATUS_ZOMBIE:
             return None
-        if start_time is None or abs(proc.create_time() - start_time) > tolerance:
+        if abs(proc.create_time() - start_time) > identity.tolerance:
             return None
+        if pidfd is not None:
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+            if info is None:
+                return None
+            return info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
         waited, status = os.waitpid(pid, os.WNOHANG)
-    except (psutil.Error, ChildProcessError, ValueError):
+    except (psutil.Error, OSError, ValueError):
         return None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     return _exit_code(os.waitstatus_to_exitcode(status)) if waited else None
 
 
+def _loose_wait(pid, start_time, cmd=None, *, marker=None, tolerance=START_TIME_TOLERANCE, **rest):
+    return ProcessIdentity.of(pid, start_time, cmd, marker, tolerance), rest
+
+
+@_loose(_loose_wait)
 def wait(
-    pid: int,
-    start_time: StartTime,
-    cmd: Cmd = None,
+    identity: ProcessIdentity,
     *,
-    marker: Marker = None,
     timeout: float | None = None,
-    tolerance: float = START_TIME_TOLERANCE,
     poll_interval: float = 0.05,
     on_tick: Callable[[], object] | None = None,
     tick_interval: float = 0.1,
@@ -777,8 +876,9 @@ def wait(
     on_tick (e.g. keeping the logs capped) is called about every tick_interval while waiting.
     """
     _check_timeout(timeout)
+    pid = identity.pid
     deadline = None if timeout is None else time.monotonic() + timeout
-    child = _lookup_child(pid, start_time, marker, tolerance)
+    child = _lookup_child(identity)
     if child is not None:
         while _poll_child(child) is None:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -789,13 +889,13 @@ def wait(
             if on_tick is not None:
                 on_tick()
         return child.exit_code
-    while is_alive(pid, start_time, cmd, tolerance, marker=marker):
+    while is_alive(identity):
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"process {pid} still running after {timeout}s")
         if on_tick is not None:
             on_tick()
         time.sleep(poll_interval)
-    return reap(pid, start_time, marker=marker, tolerance=tolerance)
+    return reap(identity)
 
 
 def _wait_exit(child: _Child, timeout: float | None) -> None:
@@ -938,17 +1038,15 @@ def run_foreground(
     spawned = spawn(cmd, cwd, env, stdout_path, stderr_path, inherit_env=inherit_env, marker=marker)
     if spawned.exit_code is not None:
         return spawned
-    identity = (spawned.pid, spawned.start_time, cmd, spawned.marker)
+    identity = spawned.identity(cmd)
     try:
-        spawned.popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(*identity, graceful_timeout=grace, tolerance=EXACT_START_TOLERANCE)
+        spawned.exit_code = wait(identity, timeout=timeout)  # (reaped through its pidfd)
+    except TimeoutError:
+        kill_tree(identity, graceful_timeout=grace)
         spawned.exit_code, spawned.timed_out = EXIT_KILLED, True
-        return spawned
     except BaseException:  # e.g. KeyboardInterrupt: never leave the tree running behind us
-        kill_tree(*identity, graceful_timeout=0, tolerance=EXACT_START_TOLERANCE)
+        kill_tree(identity, graceful_timeout=0)
         raise
-    spawned.exit_code = reap(spawned.pid, spawned.start_time, marker=spawned.marker)
     return spawned
 
 
