@@ -38,6 +38,7 @@ from machine.detect import (
 )
 from machine.fields import MaskedCmdField, MaskedEnvField, MaskedJSONField, SealedField
 from machine.process_files import readable_argv
+from machine.process_utils import ProcessIdentity
 from machine.processes import ProcessMixin, ProcessQuerySet
 from machine.redaction import mask_cmd, mask_nested, secret_values
 from workers.models import ModelWithStateMachine
@@ -631,7 +632,7 @@ class ProcessManager(models.Manager.from_queryset(ProcessQuerySet)):
                 continue  # no exact start time and older than the reuse window: unprovable
             if abs(expected - os_start) > tolerance:
                 continue
-            if process_utils.is_alive(pid, expected, None, tolerance, marker=row.launch_marker or None):
+            if process_utils.is_alive(ProcessIdentity.of(pid, expected, None, row.launch_marker, tolerance)):
                 return row
         return None
 

@@ -32,7 +32,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from machine import detect, process_utils
+from machine import detect, process_utils, supervisor
 from machine.models import Machine, NetworkInterface, Process
 from machine.process_files import readable_argv
 from workers import signals
@@ -89,11 +89,7 @@ def heartbeat(pks) -> int:
 def close_row(row_or_pk, exit_code: int) -> bool:
     """Mark a RUNNING runner row EXITED with `exit_code` (idempotent); True if this call closed it."""
     pk = getattr(row_or_pk, "pk", row_or_pk)
-    now = timezone.now()
-    updated = Process.objects.filter(pk=pk, status=Process.StatusChoices.RUNNING).update(
-        status=Process.StatusChoices.EXITED, exit_code=exit_code, ended_at=now, modified_at=now, retry_at=None
-    )
-    return updated == 1
+    return supervisor.close_batch(Process, [pk], exit_code=exit_code) == 1
 
 
 def _row_is_alive(row) -> bool:
@@ -200,12 +196,10 @@ def on_worker_stopping(sender, worker, immediate, **kwargs) -> None:
                 continue
         except psutil.Error:
             continue
-        process_utils.kill_tree(
-            child.pid,
-            process_utils.get_start_time(child.pid),
-            graceful_timeout=0 if immediate else 2.0,
-            tolerance=process_utils.EXACT_START_TOLERANCE,
+        identity = process_utils.ProcessIdentity.of(
+            child.pid, process_utils.get_start_time(child.pid), tolerance=process_utils.EXACT_START_TOLERANCE
         )
+        process_utils.kill_tree(identity, graceful_timeout=0 if immediate else 2.0)
 
 
 # -- rows of Process.current(): closed at interpreter exit ---------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hooks.records import records_with_type
 from machine import process_utils
-from machine.choices import ProcessStatus, ProcessType
+from machine.choices import ProcessType
 from machine.conf import machine_settings
 from machine.redaction import (
     GATE_WORDS,
@@ -332,25 +332,6 @@ class ProcessFilesMixin:
         err_thread.start()
         copy(self.stdout_file, stdout)
         err_thread.join()
-
-    def run_attached(self, stdout=None, stderr=None, cwd: str | None = None) -> int | None:
-        """Launch, stream the output live, enforce `timeout` (whole tree killed: 137); return the exit code."""
-        self.launch(background=True, cwd=cwd)
-        if self.status != ProcessStatus.RUNNING:
-            (stderr or sys.stderr).write(self.stderr)
-            return self.exit_code
-        deadline = time.monotonic() + self.timeout if self.timeout else None
-        try:
-            self.stream_output(stdout, stderr, deadline=deadline)
-        except BaseException:  # Ctrl-C: never leave the tree running behind us
-            self.kill_tree(graceful_timeout=0)
-            raise
-        if self.is_running:  # past the deadline
-            self.kill_tree(graceful_timeout=0)  # (closes the row with its true code, 137)
-            if self.status != ProcessStatus.EXITED:
-                self._finish(process_utils.EXIT_KILLED)
-            return self.exit_code
-        return self.wait(timeout=5)
 
     @classmethod
     def parse_records_from_text(cls, text: str) -> list[dict]:
