@@ -104,7 +104,7 @@ class ProcessMachine(BaseStateMachine):
         # over an end already recorded: the launcher's watcher may have closed the row meanwhile.
         process = self.process
         if target.final and process.exit_code is not None and process.ended_at is not None:
-            return  # closed by the one close path (_finish) in this tick: everything is written
+            return  # closed by the one close path (supervisor.close) in this tick: all is written
         if target.final:
             process.retry_at = None
         process.modified_at = timezone.now()  # the instance stays in step (safe_update compares it)
