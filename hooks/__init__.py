@@ -1,8 +1,9 @@
-"""The plugin mechanism: find hook scripts, run them, read the JSONL records they print.
+"""The plugin mechanism: find hook scripts, name them, read the JSONL records they print.
 
-Importing this package (or ``hooks.provider_hook``, which every built-in provider hook script does
-in its own subprocess) must not import Django: ``run_hook`` creates ``Process`` rows, so it is
-resolved lazily, on first attribute access, from ``hooks.execution``.
+Running a hook and applying its records live in ``machine.hook_runs``; ``run_hook`` is re-exported
+here for compatibility. Importing this package (or ``hooks.provider_hook``, which every built-in
+provider hook script does in its own subprocess) must not import Django, so ``run_hook`` is
+resolved lazily, on first attribute access.
 """
 
 from .discovery import build_hook_argv, discover_hooks, is_background_hook, parse_hook_name
@@ -22,7 +23,7 @@ __all__ = [
 def __getattr__(name: str):
     # PEP 562: keeps `import hooks` Django-free for the hook subprocesses (see module docstring).
     if name == "run_hook":
-        from .execution import run_hook
+        from machine.hook_runs import run_hook
 
         return run_hook
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """Binary behaviour: JSON in/out, the provider-hook install run, outcome bookkeeping, lib/bin links.
 
 `BinaryMixin` is mixed into `machine.models.Binary`; this module never imports `machine.models`
-(it reaches Machine and Process through the model's own relations), so there is no import cycle.
+(it reaches Machine and Process through the model's own relations). It runs hooks through
+`machine.hook_runs`, which does read `machine.models`, so it binds that module, not its names:
+either module may then be imported first.
 
 Outcome of an install run (`Binary.run()`), each written by one UPDATE so a row is never half done:
 - success: abspath/version/sha256/binprovider filled, status `installed`, retry_at cleared, one
@@ -24,11 +26,9 @@ from django.utils import timezone
 from django.utils.functional import classproperty
 
 from hooks.discovery import discover_hooks, plugin_name_for
-from hooks.dispatch import dispatch_records
-from hooks.execution import run_hook
 from hooks.overrides import override_problems
 from hooks.records import MAX_REQUEST_RECORDS, binary_config_key, records_for_request
-from machine import signals
+from machine import hook_runs, signals
 from machine.choices import BinaryStatus
 from machine.conf import machine_settings
 from machine.processes import refuse_foreign_machine
@@ -475,7 +475,7 @@ class BinaryMixin:
                 logger.warning("install budget spent before %s could run for %s", hook.name, self.name)
                 break
             try:
-                process = run_hook(
+                process = hook_runs.run_hook(
                     hook,
                     self.output_dir,
                     config=config,
@@ -499,7 +499,7 @@ class BinaryMixin:
                 and self._record_success(result, plugin_name_for(hook))
             ):
                 # Its config key only counts from the hook that installed the binary.
-                dispatch_records([r for r in trusted.kept if r.get("type") == "Machine"])
+                hook_runs.dispatch_records([r for r in trusted.kept if r.get("type") == "Machine"])
                 return True
         self._record_failure()
         return False

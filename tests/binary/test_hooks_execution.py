@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from hooks import run_hook
-from hooks.dispatch import dispatch_records
+from machine.hook_runs import dispatch_records, run_hook
 from machine.models import Binary, Machine, Process
 
 pytestmark = pytest.mark.django_db

@@ -20,8 +20,8 @@ import pytest
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from hooks.dispatch import dispatch_record
 from machine import process_utils
+from machine.hook_runs import dispatch_record
 from machine.models import Binary, Machine, NetworkInterface, Process
 from machine.processes import UNKNOWN_EXIT_CODE, UNKNOWN_EXIT_NOTE, ForeignMachineError
 from machine.sealing import SealedSecretError
