@@ -23,7 +23,7 @@ from django.db.models.functions import Concat, Right
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from machine import process_utils, sealing, signals
+from machine import launch_doubt, process_utils, sealing, signals
 from machine.choices import ProcessStatus, ProcessType
 from machine.conf import machine_settings
 from machine.detect import get_boot_id, get_pid_namespace
@@ -525,6 +525,9 @@ class ProcessMixin(ProcessFilesMixin):
         at once; `poll()`/`wait()` collect the exit code. A command that cannot be executed ends
         EXITED with 127/126 and the reason in stderr. Bad input raises ProcessInputError first.
         """
+        if launch_doubt.in_doubt(self):  # its launcher may have died after the spawn: never run twice
+            launch_doubt.settle(self, background=background)
+            return self
         workdir = cwd or self.pwd
         validate_launch_input(self.cmd, workdir, self.timeout, self.env)
         if self.status == ProcessStatus.RUNNING and self.is_running:
@@ -551,7 +554,8 @@ class ProcessMixin(ProcessFilesMixin):
         # started_at is the wall clock at the spawn: the OS start time (kept for identity) counts
         # from a boot time the kernel gives in whole seconds, so as a date it can be ~1 s early.
         spawned_at = timezone.now()
-        spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False)
+        marker = launch_doubt.mark_launching(self)  # on the row first: a launch in doubt is detectable
+        spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False, marker=marker)
         # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
         sealing.wipe_sealed(self, save=False)
         self.pid = spawned.pid
