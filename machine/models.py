@@ -22,7 +22,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from base_models.models import ModelWithHealthStats, ModelWithUUIDv7, normalize_config_json_values
-from machine import process_utils
+from machine import launch_doubt, process_utils
 from machine.binaries import BinaryManagerMixin, BinaryMixin, canonical_binary_name
 from machine.choices import BinaryStatus, ProcessStatus, ProcessType
 from machine.conf import machine_settings
@@ -797,6 +797,11 @@ class Process(ProcessMixin, ModelWithUUIDv7, ModelWithStateMachine):
     def claim_filter(cls) -> models.Q:
         """A runner launches its own machine's processes, and polls those it launched (launcher_affinity)."""
         return rows_of_this_machine() & launcher_affinity()
+
+    @classmethod
+    def runner_recover(cls, pk, guard: dict) -> bool:
+        """A worker died while ticking this row: settle a launch it left in doubt (machine.launch_doubt)."""
+        return launch_doubt.recover(cls, pk, guard)
 
     @classmethod
     def current(cls) -> Process:

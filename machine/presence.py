@@ -288,7 +288,15 @@ def _tree_over_rule():
     def launches() -> list[tuple[str, float | None]]:
         nonlocal running
         if running is None:  # one query per sweep, and only once there is an orphan to judge
-            rows = Process.objects.running().on_machine(Machine.current()).launched().judgeable_here()
+            # Running launches, and launches in doubt (machine.launch_doubt): their tree is settled
+            # by the recovery, not ended here first.
+            in_doubt = Q(status=Process.StatusChoices.QUEUED, pid__isnull=True) & ~Q(launch_marker="")
+            rows = (
+                Process.objects.filter(Q(status=Process.StatusChoices.RUNNING) | in_doubt)
+                .on_machine(Machine.current())
+                .launched()
+                .judgeable_here()
+            )
             running = [
                 (marker, start if start is not None else (started.timestamp() if started else None))
                 for marker, start, started in rows.values_list("launch_marker", "os_start_time", "started_at")

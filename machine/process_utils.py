@@ -1336,3 +1336,30 @@ def tail(
             time.sleep(poll_interval)
     finally:
         f.close()  # the one open now, which after a rotation is not the first
+
+
+def find_launch(marker: str) -> tuple[int, float] | None:
+    """(pid, OS start time) of the live main process of the launch with this marker; None if none runs.
+
+    For a launch whose launcher died before it recorded the pid. spawn() starts each launch in a
+    session of its own, so its main process is a session leader that carries the marker as its own
+    while its parent does not; if several qualify (a setsid daemon of the same launch whose main
+    process has gone), the oldest. A zombie shows no environ: an ended launch is not found.
+    """
+    found: tuple[int, float] | None = None
+    for proc in _scan_marker(marker):
+        try:
+            markers = _read_markers(proc.pid)
+            if markers is None or markers[0] != marker or os.getsid(proc.pid) != proc.pid:
+                continue
+            parent = _read_markers(proc.ppid())
+            if parent is not None and parent[0] == marker:
+                continue
+            start = get_start_time(proc.pid)
+            if start is None or not _is_alive_proc(proc):
+                continue
+        except (psutil.Error, OSError):
+            continue
+        if found is None or start < found[1]:
+            found = (proc.pid, start)
+    return found

@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.utils import timezone
 from statemachine import State
 
+from machine import launch_doubt
 from machine.choices import BinaryStatus, ProcessStatus
 from workers.models import BaseStateMachine
 
@@ -67,7 +68,9 @@ class ProcessMachine(BaseStateMachine):
     kill = running.to(exited)
 
     def can_start(self) -> bool:
-        return bool(self.process.cmd and self.process.machine_id)
+        # A launch in doubt marked moments ago may still be its launcher's: the tick leaves it
+        # queued (its claim runs out, then it is ticked again and settled: machine.launch_doubt).
+        return bool(self.process.cmd and self.process.machine_id) and not launch_doubt.under_way(self.process)
 
     def is_exited(self) -> bool:
         """Poll the OS first; True once an exit code is recorded, or the process is gone.

@@ -27,7 +27,7 @@ from django.db.models.functions import Concat, Right
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from machine import process_utils, sealing, signals
+from machine import launch_doubt, process_utils, sealing, signals
 from machine.choices import ProcessStatus
 from machine.conf import machine_settings
 from machine.process_files import storable_str
@@ -339,6 +339,9 @@ def launch(process, background: bool = False, cwd: str | None = None):
     at once; poll()/wait() collect the exit code. A command that cannot be executed ends EXITED
     with 127/126 and the reason in stderr. Bad input raises ProcessInputError first.
     """
+    if launch_doubt.in_doubt(process):  # its launcher may have died after the spawn: never run twice
+        launch_doubt.settle(process, background=background)
+        return process
     workdir = cwd or process.pwd
     validate_launch_input(process.cmd, workdir, process.timeout, process.env)
     if process.status == ProcessStatus.RUNNING and process.is_running:
@@ -365,7 +368,8 @@ def launch(process, background: bool = False, cwd: str | None = None):
     # started_at is the wall clock at the spawn: the OS start time (kept for identity) counts
     # from a boot time the kernel gives in whole seconds, so as a date it can be ~1 s early.
     spawned_at = timezone.now()
-    spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False)
+    marker = launch_doubt.mark_launching(process)  # on the row first: a launch in doubt is detectable
+    spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False, marker=marker)
     # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
     sealing.wipe_sealed(process, save=False)
     process.pid = spawned.pid
@@ -392,7 +396,7 @@ def launch(process, background: bool = False, cwd: str | None = None):
     if background:
         _watch_log_sizes()
     if not background:
-        close(process, _wait_foreground(process))
+        close(process, wait_foreground(process))
     return process
 
 
@@ -407,7 +411,7 @@ def abandon_launch(process, exc: BaseException) -> None:
         logger.warning("could not close %s after a failed launch", process.pk, exc_info=True)
 
 
-def _wait_foreground(process) -> int | None:
+def wait_foreground(process) -> int | None:
     """Wait for our child; past `timeout` its whole tree (escaped descendants too) dies: 137."""
     ident = identity(process)
     try:

@@ -309,6 +309,14 @@ class BaseModelWithStateMachine(MachineMixin, models.Model):
         (workers.loop.EventLoop): a model may add readers (e.g. child pidfds) or timers to it."""
 
     @classmethod
+    def runner_recover(cls, pk, guard: dict) -> bool:
+        """Called by the orchestrator when a worker died while ticking row `pk` (`guard`: the filter
+        that matches the row while the dead worker's claim still holds it). A model whose tick can be
+        cut off half done (machine.Process: between a spawn and its record) puts the row right here;
+        True if it did, and the row then needs no retry: no failure is counted for it."""
+        return False
+
+    @classmethod
     def claim_for_worker(cls, obj: BaseModelWithStateMachine, lock_seconds: int = 60) -> bool:
         """Atomically move a due row's retry_at `lock_seconds` ahead; True only for the one winner.
 

@@ -1217,7 +1217,10 @@ class Orchestrator:
         if current and (parsed := _claim_from_state(current)) is not None:
             model, (pk,), token = parsed
             claim = Claim(model, pk, token, lock_seconds_for(model, self.options.lock_seconds))
-            if self._stop.is_set() and exit_code in (0, 128 + signal.SIGTERM, 128 + signal.SIGKILL):
+            if self._recover(model, pk, claim):  # e.g. a launch cut off between its spawn and its record
+                logger.error("%s %s: worker %d %s while ticking this row; settled", claim.label, pk, pid,
+                             _describe_exit(exit_code))  # fmt: skip
+            elif self._stop.is_set() and exit_code in (0, 128 + signal.SIGTERM, 128 + signal.SIGKILL):
                 failures_outcome = None
                 model.release_claim([pk], token)  # we stopped it: an interrupted tick, not a failure
             else:
@@ -1236,6 +1239,16 @@ class Orchestrator:
                 if released:
                     logger.info("handed %d %s row(s) of worker %d back", len(released), model.__name__, pid)
         _send(signals.worker_exited, sender=Orchestrator, orchestrator=self, pid=pid, exit_code=exit_code)
+
+    def _recover(self, model, pk, claim: Claim) -> bool:
+        """model.runner_recover() for the row a dead worker was ticking; a bug in it is logged, not fatal."""
+        try:
+            return model.runner_recover(pk, claim.guard())
+        except DatabaseError:
+            raise  # (settled again later)
+        except Exception:
+            logger.exception("%s %s: recovering the row of a dead worker failed", claim.label, pk)
+            return False
 
     # --until-idle
 
