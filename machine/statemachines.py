@@ -9,6 +9,7 @@ from statemachine import State
 
 from machine import launch_doubt
 from machine.choices import BinaryStatus, ProcessStatus
+from workers import fencing
 from workers.models import BaseStateMachine
 
 
@@ -93,6 +94,9 @@ class ProcessMachine(BaseStateMachine):
             self.process.launch(background=True)
         except ValueError as exc:  # ProcessInputError
             self.process.record_launch_failure(str(exc))
+        # launch() saved the row itself (running, or closed when it could not run or was settled):
+        # after_transition need not write it again.
+        self._saved_by_launch = self.process.status
 
     def on_wait(self) -> None:
         """Still running: look again after POLL_INTERVAL."""
@@ -106,10 +110,21 @@ class ProcessMachine(BaseStateMachine):
         # The machine wrote the new status on the instance; persist it with the schedule. Never
         # over an end already recorded: the launcher's watcher may have closed the row meanwhile.
         process = self.process
+        saved_by_launch, self._saved_by_launch = getattr(self, "_saved_by_launch", None), None
+        if saved_by_launch == ProcessStatus.EXITED:
+            process.status = ProcessStatus.EXITED  # (the machine entered `running` after the close)
+            return  # closed by the one close path (supervisor.close) in this tick: all is written
         if target.final and process.exit_code is not None and process.ended_at is not None:
             return  # closed by the one close path (supervisor.close) in this tick: all is written
         if target.final:
             process.retry_at = None
+        if fencing.claim_for(process) is not None:
+            # In a runner's tick: the schedule goes to the runner (which keeps the row claimed while
+            # it is due again soon) and the status is written only while the claim holds.
+            written = saved_by_launch == process.status
+            values = {} if written else {"status": process.status, "modified_at": timezone.now()}
+            fencing.fenced_update(process, retry_at=process.retry_at, **values)
+            return
         process.modified_at = timezone.now()  # the instance stays in step (safe_update compares it)
         type(process)._default_manager.filter(pk=process.pk).exclude(status=ProcessStatus.EXITED).update(
             status=process.status, retry_at=process.retry_at, modified_at=process.modified_at

@@ -33,6 +33,7 @@ from machine.conf import machine_settings
 from machine.process_files import storable_str
 from machine.process_utils import ProcessIdentity
 from machine.redaction import mask_cmd, mask_text
+from workers import fencing
 
 logger = logging.getLogger(__name__)
 
@@ -384,11 +385,18 @@ def launch(process, background: bool = False, cwd: str | None = None):
     try:
         process.status = ProcessStatus.RUNNING
         # Due for a poll after LAUNCH_POLL_DELAY; the runner's launching worker ticks it at the exit
-        # (its pidfd wakes it: wake_fd), so a poll right away would only find it running.
-        process.retry_at = timezone.now() + LAUNCH_POLL_DELAY
+        # (its pidfd wakes it: wake_fd), so a poll right away would only find it running. Inside a
+        # runner's tick the schedule is asked of the runner, which keeps its claim on the row (so the
+        # same worker reaps the child), instead of being written over the claim.
+        poll_at = timezone.now() + LAUNCH_POLL_DELAY
+        claimed = fencing.claim_for(process) is not None
+        if not claimed:
+            process.retry_at = poll_at
         if background:
             process._write_pid_file()
         process.save()  # visible (and findable by the child's own Process.current()) while it runs
+        if claimed:
+            fencing.fenced_update(process, retry_at=poll_at)  # (no write: the runner keeps it)
     except BaseException as exc:  # no child without a row: it dies, the row says why if it can
         abandon_launch(process, exc)
         raise

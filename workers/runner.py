@@ -302,6 +302,16 @@ class _FollowUp:
     #: A descriptor that becomes readable when the row should be ticked at once (e.g. its child's
     #: pidfd: readable at the child's exit), from the row's `runner_wake_fd()`; closed when ticked.
     fd: int | None = None
+    _entry: tuple = (None, None)
+
+    def entry(self) -> list:
+        """This claim's state file entry (rebuilt only when its token changes: the file is written
+        at every tick, with every followed row)."""
+        token, entry = self._entry
+        if entry is None or token != self.claim.token:
+            entry = _entry(self.claim.model, self.claim.token, [self.claim.pk])
+            self._entry = (self.claim.token, entry)
+        return entry
 
 
 @dataclass
@@ -425,7 +435,7 @@ class Worker:
             if self._batch is not None and self._batch.rows:
                 held.append(_entry(self._batch.model, self._batch.token, [r.pk for r in self._batch.rows]))
             for follow in self._follow:
-                held.append(_entry(follow.claim.model, follow.claim.token, [follow.claim.pk]))
+                held.append(follow.entry())
             current = None
             if self._current is not None:
                 claim = self._current.claim
