@@ -236,6 +236,11 @@ def _ours(process) -> ProcessIdentity | None:
 
 # -- the one close path -----------------------------------------------------------------------------
 
+#: What launch() writes to a row that a runner's claim has just read whole.
+LAUNCH_FIELDS = (
+    "pwd", "machine", "pid", "launch_marker", "os_start_time", "started_at", "exit_code", "ended_at",
+    "status", "retry_at", "modified_at", "sealed",
+)  # fmt: skip
 #: What close() writes to a row that is already saved.
 FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at", "sealed")
 #: How many rows one UPDATE closes in close_batch() (well under SQLite's variable limit).
@@ -394,7 +399,9 @@ def launch(process, background: bool = False, cwd: str | None = None):
             process.retry_at = poll_at
         if background:
             process._write_pid_file()
-        process.save()  # visible (and findable by the child's own Process.current()) while it runs
+        # Visible (and findable by the child's own Process.current()) while it runs. A row a runner
+        # claimed was read whole by the claim: only what the launch set is written.
+        process.save(update_fields=LAUNCH_FIELDS if claimed else None)
         if claimed:
             fencing.fenced_update(process, retry_at=poll_at)  # (no write: the runner keeps it)
     except BaseException as exc:  # no child without a row: it dies, the row says why if it can

@@ -383,8 +383,8 @@ def test_bad_input_leaves_a_queued_row_untouched(make_process):
 def test_process_machine_records_a_row_it_cannot_launch(make_process, workdir):
     process = make_process(["true"], pwd=str(workdir / "missing"))
     process.save()
-    process.sm.tick()
-    process.sm.tick()
+    process.sm.tick()  # one tick: the row is closed, in memory as in the database
+    assert process.status == ProcessStatus.EXITED
     row = Process.objects.get(pk=process.pk)
     assert (row.status, row.exit_code, row.pid) == (ProcessStatus.EXITED, 126, None)
     assert "working directory does not exist" in row.stderr
