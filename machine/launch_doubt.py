@@ -89,6 +89,11 @@ def mark_launching(process) -> str:
     if process._state.adding or process.pk is None or process.status != ProcessStatus.QUEUED:
         return marker  # no row to leave behind queued (an unsaved one, or a re-launch of a closed one)
     now = timezone.now()  # started_at: when the launch began, for under_way() (the save sets the spawn's)
+    if fencing.claim_for(process) is not None:
+        # In a runner's tick the claim read the row (queued, no marker) and holds it: the write is
+        # guarded by its token (ClaimLost, nothing spawned, if it was taken over meanwhile).
+        fencing.fenced_update(process, launch_marker=marker, started_at=now)
+        return marker
     guard = {"status": ProcessStatus.QUEUED, "launch_marker": ""}
     if not _update(process, guard, launch_marker=marker, started_at=now):
         raise LaunchInDoubtError(
