@@ -623,9 +623,9 @@ class Worker:
             )
 
     def _keep_if_rescheduled_soon(self, claim: Claim, row) -> None:
-        """A tick that wrote its own schedule straight to the row (not through workers.fencing, as
-        machine.Process does today): if it is due again within half a claim, claim it back (guarded
-        by that schedule) and tick it here, as the worker that launched a Process must poll it.
+        """A tick that wrote its own schedule straight to the row (not through workers.fencing; a
+        downstream model may): if it is due again within half a claim, claim it back (guarded by
+        that schedule) and tick it here, as the worker that launched a Process must poll it.
         A tick that asked nothing leaves its claim to run out (a retry after the lease)."""
         model = claim.model
         due = getattr(row, model.retry_at_field_name)
