@@ -107,6 +107,7 @@ def run_hook(
         env=hook_env(config),
         timeout=int(timeout),
         parent=parent,
+        retry_at=None,  # run_hook launches it itself: not due for a runner (which would race it)
     )
     started = time.monotonic()
     try:

@@ -132,6 +132,10 @@ def settle(
 
             supervisor.close(process, supervisor.wait_foreground(process))
         return True
+    # Its main process is gone: what is left of it (a background job it started) ends with it,
+    # before the row says so (and outside the transaction below, which holds the row's lock).
+    leftovers = process_utils.ProcessIdentity.of(None, None, None, process.launch_marker)
+    process_utils.kill_tree(leftovers, graceful_timeout=process_utils.LEFTOVER_GRACE)
     with transaction.atomic():
         # Taking the row first (it locks it on either database) makes the close happen once.
         if not _update(process, doubt, modified_at=timezone.now()):
@@ -159,16 +163,29 @@ def _adopt(process, pid: int, start_time: float, *, guard: dict[str, Any]) -> bo
         "started_at": datetime.fromtimestamp(start_time, tz=UTC),
         "exit_code": None,
         "ended_at": None,
-        "retry_at": now + ADOPTED_POLL_DELAY,
         "sealed": process.sealed,
         "modified_at": now,
     }
+    claimed = fencing.claim_for(process) is not None
+    if not claimed:
+        values["retry_at"] = now + ADOPTED_POLL_DELAY
     if not _update(process, guard, **values):
         return False
     for name, value in values.items():
         setattr(process, name, value)
+    if claimed:  # in a runner's tick: the poll is asked of the runner, which keeps its claim and follows it
+        fencing.fenced_update(process, retry_at=now + ADOPTED_POLL_DELAY)
     logger.warning("%s: launch interrupted after its spawn; adopted its running process %d", process.pk, pid)
     return True
+
+
+def unmark(process, marker: str) -> None:
+    """Take back mark_launching()'s mark after a spawn that failed before any child existed."""
+    if process.launch_marker != marker or process.pid is not None:
+        return
+    guard = {"status": ProcessStatus.QUEUED, "launch_marker": marker, "pid__isnull": True}
+    if _update(process, guard, launch_marker="", started_at=None):
+        process.launch_marker, process.started_at = "", None
 
 
 def recover(model, pk, guard: dict[str, Any]) -> bool:

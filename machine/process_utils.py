@@ -125,10 +125,10 @@ def _loose(legacy: Callable[..., tuple[ProcessIdentity, dict]]):
 
     def decorate(function):
         @functools.wraps(function)
-        def wrapper(first, *args, **kwargs):
-            if isinstance(first, ProcessIdentity):
-                return function(first, *args, **kwargs)
-            identity, rest = legacy(first, *args, **kwargs)
+        def wrapper(*args, **kwargs):
+            if (args and isinstance(args[0], ProcessIdentity)) or "identity" in kwargs:
+                return function(*args, **kwargs)
+            identity, rest = legacy(*args, **kwargs)  # (pid=..., start_time=... by keyword too)
             return function(identity, **rest)
 
         return wrapper

@@ -236,10 +236,11 @@ def _ours(process) -> ProcessIdentity | None:
 
 # -- the one close path -----------------------------------------------------------------------------
 
-#: What launch() writes to a row that a runner's claim has just read whole.
+#: What launch() writes to a row that a runner's claim has just read whole. Not retry_at: it holds
+#: the claim's token, which the worker's heartbeat may have renewed during the spawn.
 LAUNCH_FIELDS = (
     "pwd", "machine", "pid", "launch_marker", "os_start_time", "started_at", "exit_code", "ended_at",
-    "status", "retry_at", "modified_at", "sealed",
+    "status", "modified_at", "sealed",
 )  # fmt: skip
 #: What close() writes to a row that is already saved.
 FINISH_FIELDS = ("exit_code", "stdout", "stderr", "status", "ended_at", "retry_at", "modified_at", "sealed")
@@ -375,7 +376,11 @@ def launch(process, background: bool = False, cwd: str | None = None):
     # from a boot time the kernel gives in whole seconds, so as a date it can be ~1 s early.
     spawned_at = timezone.now()
     marker = launch_doubt.mark_launching(process)  # on the row first: a launch in doubt is detectable
-    spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False, marker=marker)
+    try:
+        spawned = process_utils.spawn(argv, workdir, child_env, *files, inherit_env=False, marker=marker)
+    except Exception:  # refused before any child exists (a vanished pwd, EMFILE on a log): not in doubt
+        launch_doubt.unmark(process, marker)
+        raise
     # The child has its secrets: the row keeps at most the values to mask, sealed (saved below).
     sealing.wipe_sealed(process, save=False)
     process.pid = spawned.pid
