@@ -6,7 +6,6 @@ process right after the spawn: the row stays queued. Before, the next tick launc
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from machine.launch_doubt import INTERRUPTED_NOTE, SETTLE_AFTER, LaunchInDoubtEr
 from machine.models import Process
 from machine.processes import UNKNOWN_EXIT_NOTE
 
-from .conftest import run_manage
+from .conftest import run_manage, wait_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,15 +51,7 @@ def _later(row: Process) -> Process:
 
 
 def _gone(pid: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} still runs after {timeout}s")
+    wait_gone(pid, timeout)
 
 
 def _queued(make_process, runs: Path, script: str) -> Process:
