@@ -204,7 +204,8 @@ def test_poison_rows_are_recorded_backed_off_and_parked_and_until_idle_exits(fau
         "WORKERS_RETRY_BASE": "0.3",
         "WORKERS_MAX_ATTEMPTS": "3",
         "WORKERS_RESTART_BUDGET": "2",
-        "WORKERS_RESTART_WINDOW": "2",
+        # (a window that three worker start-ups cannot outlast, however loaded: the budget trips)
+        "WORKERS_RESTART_WINDOW": "30",
     }
     poison = failing + rescheduling + killing
     runner = start_runner("--workers=2", "--poll=0.05", "--batch=2", env=env)
